@@ -1,0 +1,25 @@
+"""alfa-tf: ALFA (Baik et al., NeurIPS 2020) in TensorFlow 2 for Meta-Dataset."""
+import setuptools
+
+setuptools.setup(
+    name="alfa-tf",
+    version="0.1.0",
+    description=("Meta-Learning with Adaptive Hyperparameters (ALFA), fo-MAML and "
+                 "fo-Proto-MAML for Meta-Dataset, in TensorFlow 2 / Keras."),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["alfa_tf", "alfa_tf.*",
+                                               "meta_dataset_ext", "meta_dataset_ext.*"]),
+    package_data={"": ["*.gin"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "tensorflow>=2.15",
+        "gin-config>=0.5",
+        "tensorflow-datasets>=4.9",
+        "numpy",
+        "absl-py",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)
