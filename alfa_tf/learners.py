@@ -1,0 +1,242 @@
+"""Learners: a backbone, a head and an update rule, meta-trained through the inner loop.
+
+A learner is a Keras model whose weights are the meta-parameters: theta_0 (the backbone's and
+the linear head's initial values, with BatchNorm scale/offset), and the update rule's own
+(ALFA: phi, alpha0, beta0, and beta_pp for random init). They are tracked, listed by
+``summary()`` and saved by ``tf.train.Checkpoint``.
+
+One episode (task T_i): theta_{i,0} = theta_0 (or, with the Proto-MAML head, theta_0 plus a
+head initialised from the support prototypes), S inner steps on the support loss, then the
+query logits at theta_{i,S}. The meta-objective (Eq. 2 / Eq. 6) is the mean over the
+meta-batch of the query losses.
+
+Usage::
+
+    learner = alfa_tf.ALFALearner(alfa_tf.Conv4(filters=32), num_classes=5,
+                                  input_shape=(84, 84, 3), num_steps=5)
+    optimizer = tf.keras.optimizers.Adam(1e-3)
+    out = learner.forward_episode(episode)            # query logits, support losses, alpha/beta
+    loss = learner.meta_update([episode, other_episode], optimizer)
+"""
+import collections
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from alfa_tf import backbones as backbones_lib
+from alfa_tf import inner_loop
+from alfa_tf import update_rules
+from alfa_tf import weights
+
+HEADS = ('linear', 'proto')
+LOSSES = ('cross_entropy', 'mse')
+QUERY_BN_MODES = ('own', 'support')
+
+
+class EpisodeOutput(NamedTuple):
+  """query_logits: [n_query, num_classes] at theta_{i,S}; query_loss: their mean loss (None
+  when no query labels were given); adaptation: the inner loop's ``Adaptation`` (support
+  losses and logits per step, adapted parameters, the rule's diagnostics)."""
+  query_logits: tf.Tensor
+  query_loss: Optional[tf.Tensor]
+  adaptation: inner_loop.Adaptation
+
+
+class GradientLearner(tf.keras.Model):
+  """Gradient-based meta-learner with any ``UpdateRule``.
+
+  Args:
+    backbone: a functional backbone (``alfa_tf.backbones``).
+    num_classes: logits per example (the way, or upstream's logit_dim with ``way`` masking;
+      1 for regression).
+    input_shape: shape of one example, e.g. (84, 84, 3) or (1,).
+    update_rule: an unbuilt ``UpdateRule`` of the learner's dtype.
+    num_steps: inner steps S in training; ``eval_num_steps`` at evaluation (default S).
+    first_order: hold inner gradients constant (fo-MAML, fo-Proto-MAML).
+    head: 'linear' (meta-learned initial weights) or 'proto' (Proto-MAML: W = 2 * prototypes,
+      b = -||prototype||^2 from the support features at theta_0, then adapted).
+    query_bn: 'own' normalises the query set with its own batch statistics (ALFA reference),
+      'support' with the support set's at theta_{i,S} (upstream Meta-Dataset).
+    learn_init: meta-learn theta_0 (False: frozen at its seeded init, ALFA + Random).
+    zero_head: start the linear head's weight at zero (upstream's zero_fc_layer).
+    loss: 'cross_entropy' (classification) or 'mse' (regression).
+    check_finite: fail with the inner step named when a support loss is not finite.
+    seed: seeds the numpy draw of theta_0 and of the rule's meta-parameters.
+  """
+
+  def __init__(self, backbone: backbones_lib.Backbone, num_classes: int,
+               input_shape: Sequence[int], update_rule: update_rules.UpdateRule,
+               num_steps: int = 5, eval_num_steps: Optional[int] = None,
+               first_order: bool = False, head: str = 'linear', query_bn: str = 'own',
+               learn_init: bool = True, zero_head: bool = False, loss: str = 'cross_entropy',
+               check_finite: bool = True, seed: int = 0, dtype='float32', name=None):
+    super().__init__(name=name, dtype=dtype)
+    for arg, value, allowed in (('head', head, HEADS), ('loss', loss, LOSSES),
+                                ('query_bn', query_bn, QUERY_BN_MODES)):
+      if value not in allowed:
+        raise ValueError(f'{arg} must be one of {allowed}, got {value!r}.')
+    if num_steps < 1:
+      raise ValueError(f'num_steps must be at least 1, got {num_steps}.')
+    if update_rule.dtype != self.dtype:
+      raise ValueError(f'The update rule has dtype {update_rule.dtype} but the learner '
+                       f'{self.dtype}: construct it with dtype={self.dtype!r}.')
+    self.backbone, self.num_classes = backbone, num_classes
+    self.example_shape = tuple(input_shape)
+    self.num_steps = num_steps
+    self.eval_num_steps = num_steps if eval_num_steps is None else eval_num_steps
+    self.first_order, self.head, self.query_bn = first_order, head, query_bn
+    self.learn_init, self.loss_name, self.check_finite = learn_init, loss, check_finite
+
+    rng = np.random.default_rng(seed)
+    specs = backbone.param_specs()
+    if head == 'linear':
+      dim = backbone.output_dim(self.example_shape)
+      specs['head.w'] = backbones_lib.ParamSpec((dim, num_classes),
+                                                'zeros' if zero_head else 'xavier')
+      specs['head.b'] = backbones_lib.ParamSpec((num_classes,), 'zeros')
+    self.theta0 = collections.OrderedDict(
+        (name, weights.add_weight_from_value(
+            self, name, backbones_lib.initial_value(spec, rng), trainable=learn_init))
+        for name, spec in specs.items())
+    self.adapted_names = [name for name, spec in specs.items() if spec.adapted]
+    self.fixed_names = [name for name, spec in specs.items() if not spec.adapted]
+    shapes = collections.OrderedDict((name, specs[name].shape) for name in self.adapted_names)
+    if head == 'proto':
+      dim = backbone.output_dim(self.example_shape)
+      shapes['head.w'], shapes['head.b'] = (dim, num_classes), (num_classes,)
+    self.update_rule = update_rule
+    update_rule.build_state(shapes, num_steps, rng)
+    self.built = True
+
+  # ----- forward pieces -----------------------------------------------------------------------
+
+  def _read_theta0(self):
+    """theta_0 as tensors (reads that an outer tape records): (adapted, fixed)."""
+    read = lambda name: tf.convert_to_tensor(self.theta0[name])
+    adapted = collections.OrderedDict((n, read(n)) for n in self.adapted_names)
+    return adapted, {n: read(n) for n in self.fixed_names}
+
+  def _outputs(self, params, inputs, moments=None, way=None):
+    """Logits (or regression outputs) and the BatchNorm moments used."""
+    features, used = self.backbone(params, inputs, moments)
+    logits = tf.matmul(features, params['head.w']) + params['head.b']
+    if way is not None:
+      valid = tf.range(self.num_classes) < tf.cast(way, tf.int32)
+      logits = tf.where(valid[tf.newaxis], logits, tf.constant(-1e9, logits.dtype))
+    return logits, used
+
+  def loss_fn(self, outputs, labels):
+    """Mean cross-entropy over examples, or mean squared error for regression."""
+    if self.loss_name == 'mse':
+      return tf.reduce_mean(tf.square(tf.reshape(outputs, tf.shape(labels)) - labels))
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs))
+
+  def proto_head(self, features, labels):
+    """Proto-MAML's head: W = 2 * prototypes^T, b = -||prototype||^2 (absent classes: 0)."""
+    prototypes = tf.math.unsorted_segment_mean(features, labels, self.num_classes)
+    return 2.0 * tf.transpose(prototypes), -tf.reduce_sum(tf.square(prototypes), axis=1)
+
+  def _check_episode(self, images, labels, role, way):
+    """Static checks raise ValueError; value checks become assertions in the graph."""
+    images = tf.cast(images, self.dtype)
+    labels = tf.cast(labels, self.dtype if self.loss_name == 'mse' else tf.int32)
+    if images.shape.rank is not None and tuple(images.shape[1:]) != self.example_shape:
+      raise ValueError(f'{role} inputs have shape {tuple(images.shape)}; the learner expects '
+                       f'[n, {", ".join(map(str, self.example_shape))}].')
+    if images.shape[0] is not None and labels.shape[0] is not None:
+      if images.shape[0] != labels.shape[0]:
+        raise ValueError(f'{role} has {images.shape[0]} inputs but {labels.shape[0]} labels.')
+      if images.shape[0] == 0:
+        raise ValueError(f'The {role} set is empty.')
+    checks = [tf.debugging.assert_positive(tf.shape(images)[0],
+                                           message=f'The {role} set is empty.')]
+    if self.loss_name == 'cross_entropy':
+      limit = self.num_classes if way is None else tf.cast(way, tf.int32)
+      checks += [
+          tf.debugging.assert_non_negative(labels, message=f'Negative {role} labels.'),
+          tf.debugging.assert_less(labels, limit, message=(
+              f'{role} labels out of range: they must be < the number of classes '
+              f'({self.num_classes} logits, or the episode\'s way).'))]
+    with tf.control_dependencies(checks):
+      return tf.identity(images), tf.identity(labels)
+
+  # ----- episodes ---------------------------------------------------------------------------
+
+  def forward_episode(self, support_images, support_labels, query_images,
+                      query_labels=None, way=None, training: bool = True) -> EpisodeOutput:
+    """Adapts to the support set (S inner steps) and returns the query outputs."""
+    support_images, support_labels = self._check_episode(
+        support_images, support_labels, 'support', way)
+    query_images = tf.cast(query_images, self.dtype)
+    if query_labels is not None:
+      query_images, query_labels = self._check_episode(query_images, query_labels, 'query', way)
+    theta, fixed = self._read_theta0()
+    if self.head == 'proto':
+      features, _ = self.backbone({**fixed, **theta}, support_images)
+      theta['head.w'], theta['head.b'] = self.proto_head(features, support_labels)
+
+    def support_loss(params):
+      logits, _ = self._outputs({**fixed, **params}, support_images, way=way)
+      return self.loss_fn(logits, support_labels), logits
+
+    steps = self.num_steps if training else self.eval_num_steps
+    adaptation = inner_loop.adapt(theta, support_loss, self.update_rule, steps,
+                                  self.first_order, self.check_finite)
+    final = {**fixed, **adaptation.params}
+    moments = None
+    if self.query_bn == 'support':
+      _, moments = self.backbone(final, support_images)
+    query_logits, _ = self._outputs(final, query_images, moments, way)
+    query_loss = None if query_labels is None else self.loss_fn(query_logits, query_labels)
+    return EpisodeOutput(query_logits, query_loss, adaptation)
+
+  def episode_output(self, episode: Dict[str, tf.Tensor], training: bool = True):
+    """``forward_episode`` on an episode dict (support_images, support_labels, query_images,
+    query_labels and optionally way: the field names of Meta-Dataset's episodes)."""
+    return self.forward_episode(episode['support_images'], episode['support_labels'],
+                                episode['query_images'], episode.get('query_labels'),
+                                episode.get('way'), training)
+
+  def meta_loss(self, episodes: List[Dict[str, tf.Tensor]], training: bool = True):
+    """The meta-objective: mean over the meta-batch of the query losses at theta_{i,S}."""
+    if not episodes:
+      raise ValueError('meta_loss needs at least one episode.')
+    return tf.add_n([self.episode_output(ep, training).query_loss
+                     for ep in episodes]) / len(episodes)
+
+  def meta_gradients(self, episodes):
+    """(meta-loss, gradients of it for every trainable meta-parameter)."""
+    with tf.GradientTape() as tape:
+      loss = self.meta_loss(episodes)
+    return loss, tape.gradient(loss, self.trainable_variables)
+
+  def meta_update(self, episodes, optimizer):
+    """One outer step (Algorithm 1, line 10): computes the meta-gradient, applies it."""
+    loss, grads = self.meta_gradients(episodes)
+    optimizer.apply_gradients(zip(grads, self.trainable_variables))
+    return loss
+
+
+class MAMLLearner(GradientLearner):
+  """MAML: meta-learned theta_0, inner SGD with fixed rate ``alpha`` (Eq. 1).
+  With ``head='proto'`` and ``first_order=True``: fo-Proto-MAML."""
+
+  def __init__(self, backbone, num_classes, input_shape, alpha: float = 0.01,
+               dtype='float32', **kwargs):
+    super().__init__(backbone, num_classes, input_shape,
+                     update_rules.SGD(alpha, dtype=dtype, name='sgd'), dtype=dtype, **kwargs)
+
+
+class ALFALearner(GradientLearner):
+  """ALFA + MAML (meta-learned theta_0) or, with ``random_init=True``, ALFA + Random init
+  (theta_0 frozen at its seeded init; beta_pp meta-learned). ``alfa_kwargs`` go to
+  ``update_rules.ALFA`` (alpha_init, beta_init, alpha_mode, beta_mode, learning_state, l2f)."""
+
+  def __init__(self, backbone, num_classes, input_shape, random_init: bool = False,
+               dtype='float32', alfa_kwargs: Optional[dict] = None, **kwargs):
+    rule = update_rules.ALFA(random_init=random_init, dtype=dtype, name='alfa',
+                             **(alfa_kwargs or {}))
+    super().__init__(backbone, num_classes, input_shape, rule, learn_init=not random_init,
+                     dtype=dtype, **kwargs)
