@@ -1,0 +1,211 @@
+"""Reading a source's per-class TFRecord files, and decoding their images.
+
+Each class of a converted source is one TFRecord file (`spec.class_file(id)`,
+"<class_id>.tfrecords" by default) of `tf.train.Example` records with an
+`image` bytes feature (encoded JPEG/PNG/GIF/BMP) and a `label` int64 feature
+equal to the class id.
+
+Records are read by random access: the first time a class is used its file is
+indexed (each record's offset and length, found by walking the TFRecord
+headers, whose length checksums are verified), then any record can be read
+directly. This lets the sampler pick exactly which images an episode uses
+(uniformly, without replacement, so the support and query sets of a class are
+disjoint) and makes episodes reproducible from a seed.
+
+Public API
+----------
+ClassRecords(spec, read_buffer_size_bytes=2**20)
+    .check_files(class_ids)           every class file exists, else DataError
+    .num_records(class_id) -> int     (indexes the file on first use)
+    .read_images(class_id, indices) -> list of encoded image bytes
+decode_image(image_bytes, image_height) -> float32 [h, h, 3] in [-1, 1]
+decode_images(image_bytes_vector, image_height) -> float32 [n, h, h, 3]
+
+Bad input raises `DataError` naming the file (and record index, class): a
+missing class file, a truncated or corrupt record, a record count different
+from the spec's images_per_class, a record that is not a tf.train.Example with
+`image` and `label`, a label other than the class id, and image bytes that are
+not a complete JPEG, PNG, GIF or BMP file. Image data damaged inside an
+intact JPEG/PNG container is only found by the decoder, whose TensorFlow error
+does not name the file.
+"""
+
+import dataclasses
+import os
+import struct
+from typing import Dict, Iterable, List, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from meta_dataset_ext.data.spec import DataError
+
+_HEADER_BYTES = 12  # uint64 little-endian length, then its masked CRC32-C.
+_FOOTER_BYTES = 4  # masked CRC32-C of the data (not verified here).
+# A complete JPEG ends with the EOI marker, a PNG with its IEND chunk; some
+# writers append padding, so the marker is looked for near the end.
+_TRAILER_SEARCH_BYTES = 4096
+
+
+def _crc32c_table() -> List[int]:
+  table = []
+  for byte in range(256):
+    crc = byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    table.append(crc)
+  return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def masked_crc32c(data: bytes) -> int:
+  """TFRecord's checksum: CRC32-C (Castagnoli), rotated and offset."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  crc ^= 0xFFFFFFFF
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordIndex:
+  """Where each record's data lies in a TFRecord file."""
+  offsets: np.ndarray  # int64, byte offset of each record's data
+  lengths: np.ndarray  # int64, byte length of each record's data
+
+
+def index_records(path: str) -> RecordIndex:
+  """Walks the record headers of the TFRecord file `path`.
+
+  Raises:
+    DataError: a header's checksum is wrong or the file ends inside a record.
+  """
+  size = os.path.getsize(path)
+  offsets, lengths = [], []
+  pos = 0
+  with open(path, "rb") as f:
+    while pos < size:
+      f.seek(pos)
+      header = f.read(_HEADER_BYTES)
+      if len(header) < _HEADER_BYTES:
+        raise DataError(f"Corrupt record {len(offsets)} in {path}: the file "
+                        f"ends inside a record header at byte {pos}.")
+      length_bytes, crc = header[:8], struct.unpack("<I", header[8:])[0]
+      if masked_crc32c(length_bytes) != crc:
+        raise DataError(f"Corrupt record {len(offsets)} in {path}: bad length "
+                        f"checksum at byte {pos}.")
+      length = struct.unpack("<Q", length_bytes)[0]
+      end = pos + _HEADER_BYTES + length + _FOOTER_BYTES
+      if end > size:
+        raise DataError(f"Corrupt record {len(offsets)} in {path}: the file "
+                        f"is truncated ({size} bytes, record ends at {end}).")
+      offsets.append(pos + _HEADER_BYTES)
+      lengths.append(length)
+      pos = end
+  return RecordIndex(np.array(offsets, np.int64), np.array(lengths, np.int64))
+
+
+def _image_format_problem(data: bytes):
+  """None if `data` looks like a complete image file, else what is wrong."""
+  tail = data[-_TRAILER_SEARCH_BYTES:]
+  if data.startswith(b"\xff\xd8\xff"):
+    return None if b"\xff\xd9" in tail else "a truncated JPEG"
+  if data.startswith(b"\x89PNG\r\n\x1a\n"):
+    return None if b"IEND" in tail else "a truncated PNG"
+  if data.startswith((b"GIF87a", b"GIF89a", b"BM")):
+    return None
+  return f"not a JPEG, PNG, GIF or BMP file (starts with {data[:8]!r})"
+
+
+class ClassRecords:
+  """Random access to the images of a source's classes.
+
+  Args:
+    spec: the source's dataset specification.
+    read_buffer_size_bytes: buffer size of each opened class file.
+  """
+
+  def __init__(self, spec, read_buffer_size_bytes: int = 2**20):
+    self.spec = spec
+    self.read_buffer_size_bytes = read_buffer_size_bytes
+    self._indexes: Dict[int, RecordIndex] = {}
+
+  def check_files(self, class_ids: Iterable[int]):
+    """Raises DataError naming the class files that do not exist."""
+    missing = [(c, self.spec.class_file(c)) for c in class_ids
+               if not os.path.isfile(self.spec.class_file(c))]
+    if missing:
+      shown = ", ".join(f"class {c}: {p}" for c, p in missing[:5])
+      more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+      raise DataError(f"Missing class records file(s) of source "
+                      f"{self.spec.name!r}: {shown}{more}.")
+
+  def _index(self, class_id: int) -> RecordIndex:
+    if class_id not in self._indexes:
+      path = self.spec.class_file(class_id)
+      self.check_files([class_id])
+      index = index_records(path)
+      expected = self.spec.get_total_images_per_class(class_id)
+      if len(index.offsets) != expected:
+        raise DataError(f"{path} holds {len(index.offsets)} records but the "
+                        f"spec of source {self.spec.name!r} says class "
+                        f"{class_id} has {expected} images.")
+      self._indexes[class_id] = index
+    return self._indexes[class_id]
+
+  def num_records(self, class_id: int) -> int:
+    """Number of records of class `class_id` (indexes its file)."""
+    return len(self._index(class_id).offsets)
+
+  def read_images(self, class_id: int, indices: Sequence[int]) -> List[bytes]:
+    """Encoded image bytes of records `indices` of class `class_id`."""
+    index = self._index(class_id)
+    path = self.spec.class_file(class_id)
+    images = []
+    with open(path, "rb", buffering=self.read_buffer_size_bytes) as f:
+      for i in indices:
+        f.seek(index.offsets[i])
+        images.append(self._parse(f.read(index.lengths[i]), class_id, path, i))
+    return images
+
+  @staticmethod
+  def _parse(record: bytes, class_id: int, path: str, i: int) -> bytes:
+    where = f"record {i} of {path} (class {class_id})"
+    try:
+      feature = tf.train.Example.FromString(record).features.feature
+    except Exception as e:  # protobuf's DecodeError has no stable import path
+      raise DataError(f"Corrupt {where}: not a tf.train.Example ({e}).") \
+          from None
+    if "image" not in feature or "label" not in feature:
+      raise DataError(f"Bad {where}: expected features 'image' and 'label', "
+                      f"found {sorted(feature)}.")
+    labels = feature["label"].int64_list.value
+    if list(labels) != [class_id]:
+      raise DataError(f"Bad {where}: label {list(labels)} is not the class "
+                      f"id {class_id}.")
+    images = feature["image"].bytes_list.value
+    if len(images) != 1:
+      raise DataError(f"Bad {where}: expected one image, found "
+                      f"{len(images)}.")
+    problem = _image_format_problem(images[0])
+    if problem:
+      raise DataError(f"Image of {where} does not decode: {problem}.")
+    return images[0]
+
+
+def decode_image(image_bytes: tf.Tensor, image_height: int) -> tf.Tensor:
+  """Decodes one image to float32 [h, h, 3] in [-1, 1] (bilinear resize)."""
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  image = tf.image.resize(image, [image_height, image_height],
+                          method=tf.image.ResizeMethod.BILINEAR)
+  return image * (2.0 / 255.0) - 1.0
+
+
+def decode_images(image_bytes: tf.Tensor, image_height: int) -> tf.Tensor:
+  """Decodes a vector of encoded images to float32 [n, h, h, 3]."""
+  return tf.map_fn(
+      lambda b: decode_image(b, image_height), image_bytes,
+      fn_output_signature=tf.TensorSpec([image_height, image_height, 3],
+                                        tf.float32))
