@@ -20,7 +20,8 @@ SourceLayout.bilevel(name, superclasses)  superclasses:
     Assigns the class ids; `layout.class_names` lists names in id order.
 assign_splits(items, fractions=(0.7, 0.15, 0.15), seed=0) -> {Split: [items]}
     A seeded random split of `items`, each split keeping the input order.
-write_source(records_root_dir, layout, examples, overwrite=False) -> spec
+write_source(records_root_dir, layout, examples, overwrite=False,
+             max_open_files=128, extra_files=None) -> spec
     Writes `examples` (an iterable of (class_id, encoded image bytes)) and the
     spec atomically: everything goes to a hidden staging directory that is
     renamed into place only when the whole source has been written.
@@ -305,7 +306,9 @@ def _staging_dir(final_dir: str, overwrite: bool) -> Iterator[str]:
 def write_source(records_root_dir: str, layout: SourceLayout,
                  examples: Iterable[Tuple[int, bytes]],
                  overwrite: bool = False,
-                 max_open_files: int = 128) -> spec_lib.AnySpec:
+                 max_open_files: int = 128,
+                 extra_files: Optional[Mapping[str, str]] = None
+                 ) -> spec_lib.AnySpec:
   """Writes a whole source: its class records and dataset_spec.json.
 
   Args:
@@ -316,6 +319,8 @@ def write_source(records_root_dir: str, layout: SourceLayout,
     overwrite: replace an existing source directory (only once the new one is
       complete).
     max_open_files: bound on simultaneously open class files.
+    extra_files: {file name: text} written next to the spec (e.g. the settings
+      of a generated source); upstream's reader ignores them.
   Returns:
     The spec written (its `path` is the final source directory).
   Raises:
@@ -343,5 +348,8 @@ def write_source(records_root_dir: str, layout: SourceLayout,
             f"has {count} image(s); at least {MIN_IMAGES_PER_CLASS} are "
             "needed.")
     spec = layout.make_spec(final_dir, counts)
+    for file_name, text in (extra_files or {}).items():
+      with open(os.path.join(staging, file_name), "w", encoding="utf-8") as f:
+        f.write(text)
     spec_lib.write_dataset_spec(spec, staging)
   return spec

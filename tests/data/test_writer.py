@@ -30,14 +30,18 @@ def read_records(path):
   return out
 
 
-def read_source(source_dir):
-  """(dataset_spec.json as a dict, {class_id: read_records(class file)})."""
+def read_source(source_dir, class_ids=None):
+  """(dataset_spec.json as a dict, {class_id: read_records(class file)}).
+
+  Reads the records of `class_ids`, by default of every class.
+  """
   with open(os.path.join(source_dir, "dataset_spec.json"),
             encoding="utf-8") as f:
     spec_json = json.load(f)
-  num_classes = len(spec_json["class_names"])
+  if class_ids is None:
+    class_ids = range(len(spec_json["class_names"]))
   records = {i: read_records(os.path.join(source_dir, f"{i}.tfrecords"))
-             for i in range(num_classes)}
+             for i in class_ids}
   return spec_json, records
 
 
