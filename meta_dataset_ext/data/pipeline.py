@@ -182,8 +182,9 @@ class EpisodeStream:
       for name in ("support", "query"):
         images = reader_lib.decode_images(episode[f"{name}_bytes"], height)
         labels = episode[f"{name}_labels"]
-        pad = tf.shape(labels)[0] - tf.shape(images)[0]
-        images = tf.pad(images, [[0, pad], [0, 0], [0, 0], [0, 0]])
+        if self.padding != "none":
+          pad = tf.shape(labels)[0] - tf.shape(images)[0]
+          images = tf.pad(images, [[0, pad], [0, 0], [0, 0], [0, 0]])
         out[f"{name}_images"] = tf.ensure_shape(
             images, [sizes[name], height, height, 3])
         out[f"{name}_labels"] = tf.ensure_shape(labels, [sizes[name]])
