@@ -1,8 +1,6 @@
 """Tests of meta_dataset_ext.glyphs: catalog, rendering, generation."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,7 +8,7 @@ import pytest
 from meta_dataset_ext import glyphs
 from meta_dataset_ext.data import spec as spec_lib
 from meta_dataset_ext.data.spec import DataError, Split
-from test_writer import read_source
+from test_writer import read_source, run_module
 
 # Small images and two per class keep generation around a second.
 _SMALL = glyphs.GlyphsSettings(image_size=12, seed=0, images_per_class=2,
@@ -134,16 +132,9 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_command_line(tmp_path):
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))))
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-             PYTHONPATH=os.pathsep.join(
-                 [repo] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
-  result = subprocess.run(
-      [sys.executable, "-m", "meta_dataset_ext.glyphs",
-       f"--records_root_dir={tmp_path}", "--image_size=8",
-       "--images_per_class=2", "--num_workers=1"],
-      capture_output=True, text=True, env=env, check=True)
-  assert "TRAIN:" in result.stdout and "alphabets" in result.stdout
+  stdout = run_module("meta_dataset_ext.glyphs",
+                      f"--records_root_dir={tmp_path}", "--image_size=8",
+                      "--images_per_class=2", "--num_workers=1")
+  assert "TRAIN:" in stdout and "alphabets" in stdout
   assert os.path.isfile(os.path.join(str(tmp_path), "glyphs",
                                      "dataset_spec.json"))

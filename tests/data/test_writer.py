@@ -1,11 +1,13 @@
 """Tests of meta_dataset_ext.data.writer: records, spec layout, atomic writes.
 
-`read_source` here is also used by the converter tests to read records back.
+`read_source` and `run_module` here are also used by the converter tests.
 """
 
 import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -43,6 +45,18 @@ def read_source(source_dir, class_ids=None):
   records = {i: read_records(os.path.join(source_dir, f"{i}.tfrecords"))
              for i in class_ids}
   return spec_json, records
+
+
+def run_module(module, *args):
+  """Runs `python -m module args` with this checkout importable; its stdout."""
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+             PYTHONPATH=os.pathsep.join(
+                 [repo] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+  return subprocess.run([sys.executable, "-m", module, *args],
+                        capture_output=True, text=True, env=env,
+                        check=True).stdout
 
 
 def _png(value, size=6):
