@@ -76,16 +76,20 @@ class RecordIndex:
   lengths: np.ndarray  # int64, byte length of each record's data
 
 
-def index_records(path: str) -> RecordIndex:
+def index_records(path: str, buffer_size: int = 2**20) -> RecordIndex:
   """Walks the record headers of the TFRecord file `path`.
 
+  Args:
+    path: the TFRecord file.
+    buffer_size: read buffer of the walk; headers that fall in the buffer
+      cost no system call.
   Raises:
     DataError: a header's checksum is wrong or the file ends inside a record.
   """
   size = os.path.getsize(path)
   offsets, lengths = [], []
   pos = 0
-  with open(path, "rb") as f:
+  with open(path, "rb", buffering=buffer_size) as f:
     while pos < size:
       f.seek(pos)
       header = f.read(_HEADER_BYTES)
@@ -109,11 +113,12 @@ def index_records(path: str) -> RecordIndex:
 
 def _image_format_problem(data: bytes):
   """None if `data` looks like a complete image file, else what is wrong."""
-  tail = data[-_TRAILER_SEARCH_BYTES:]
+  tail = max(0, len(data) - _TRAILER_SEARCH_BYTES)
   if data.startswith(b"\xff\xd8\xff"):
-    return None if b"\xff\xd9" in tail else "a truncated JPEG"
+    complete = data.endswith(b"\xff\xd9") or data.find(b"\xff\xd9", tail) >= 0
+    return None if complete else "a truncated JPEG"
   if data.startswith(b"\x89PNG\r\n\x1a\n"):
-    return None if b"IEND" in tail else "a truncated PNG"
+    return None if data.find(b"IEND", tail) >= 0 else "a truncated PNG"
   if data.startswith((b"GIF87a", b"GIF89a", b"BM")):
     return None
   return f"not a JPEG, PNG, GIF or BMP file (starts with {data[:8]!r})"
@@ -124,7 +129,8 @@ class ClassRecords:
 
   Args:
     spec: the source's dataset specification.
-    read_buffer_size_bytes: buffer size of each opened class file.
+    read_buffer_size_bytes: read buffer used to index a class file (images
+      themselves are read with one exact-size read each).
   """
 
   def __init__(self, spec, read_buffer_size_bytes: int = 2**20):
@@ -146,7 +152,7 @@ class ClassRecords:
     if class_id not in self._indexes:
       path = self.spec.class_file(class_id)
       self.check_files([class_id])
-      index = index_records(path)
+      index = index_records(path, self.read_buffer_size_bytes)
       expected = self.spec.get_total_images_per_class(class_id)
       if len(index.offsets) != expected:
         raise DataError(f"{path} holds {len(index.offsets)} records but the "
@@ -164,35 +170,38 @@ class ClassRecords:
     index = self._index(class_id)
     path = self.spec.class_file(class_id)
     images = []
-    with open(path, "rb", buffering=self.read_buffer_size_bytes) as f:
+    with open(path, "rb", buffering=0) as f:
       for i in indices:
         f.seek(index.offsets[i])
-        images.append(self._parse(f.read(index.lengths[i]), class_id, path, i))
+        record = f.read(index.lengths[i])
+        image, problem = _image_of_record(record, class_id)
+        if problem:
+          raise DataError(problem.format(
+              where=f"record {i} of {path} (class {class_id})"))
+        images.append(image)
     return images
 
-  @staticmethod
-  def _parse(record: bytes, class_id: int, path: str, i: int) -> bytes:
-    where = f"record {i} of {path} (class {class_id})"
-    try:
-      feature = tf.train.Example.FromString(record).features.feature
-    except Exception as e:  # protobuf's DecodeError has no stable import path
-      raise DataError(f"Corrupt {where}: not a tf.train.Example ({e}).") \
-          from None
-    if "image" not in feature or "label" not in feature:
-      raise DataError(f"Bad {where}: expected features 'image' and 'label', "
-                      f"found {sorted(feature)}.")
-    labels = feature["label"].int64_list.value
-    if list(labels) != [class_id]:
-      raise DataError(f"Bad {where}: label {list(labels)} is not the class "
-                      f"id {class_id}.")
-    images = feature["image"].bytes_list.value
-    if len(images) != 1:
-      raise DataError(f"Bad {where}: expected one image, found "
-                      f"{len(images)}.")
-    problem = _image_format_problem(images[0])
-    if problem:
-      raise DataError(f"Image of {where} does not decode: {problem}.")
-    return images[0]
+
+def _image_of_record(record: bytes, class_id: int):
+  """(image bytes, None), or (None, problem with a `{where}` placeholder)."""
+  try:
+    feature = tf.train.Example.FromString(record).features.feature
+  except Exception as e:  # protobuf's DecodeError has no stable import path
+    return None, f"Corrupt {{where}}: not a tf.train.Example ({e})."
+  if "image" not in feature or "label" not in feature:
+    return None, ("Bad {where}: expected features 'image' and 'label', found "
+                  f"{sorted(feature)}.")
+  labels = feature["label"].int64_list.value
+  if len(labels) != 1 or labels[0] != class_id:
+    return None, (f"Bad {{where}}: label {list(labels)} is not the class id "
+                  f"{class_id}.")
+  images = feature["image"].bytes_list.value
+  if len(images) != 1:
+    return None, f"Bad {{where}}: expected one image, found {len(images)}."
+  problem = _image_format_problem(images[0])
+  if problem:
+    return None, f"Image of {{where}} does not decode: {problem}."
+  return images[0], None
 
 
 def _decode_unscaled(image_bytes: tf.Tensor, image_height: int) -> tf.Tensor:
