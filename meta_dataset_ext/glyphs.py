@@ -55,10 +55,9 @@ import json
 import math
 import multiprocessing
 import os
-import sys
 import time
 import unicodedata
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags

@@ -1,8 +1,10 @@
 """Tests of meta_dataset_ext.glyphs: catalog, rendering, generation."""
 
+import functools
 import os
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 import pytest
 
 from meta_dataset_ext import glyphs
@@ -14,6 +16,18 @@ from test_writer import read_source, run_module
 _SMALL = glyphs.GlyphsSettings(image_size=12, seed=0, images_per_class=2,
                                min_fonts=8)
 _ABSENT = chr(0x10FFFD)  # A private-use code point no shipped font maps.
+
+
+@functools.lru_cache(maxsize=None)
+def _font(path):
+  return ImageFont.truetype(path, 20)
+
+
+def _drawn(char, path):
+  """Pixels of `char` drawn plainly in a font."""
+  image = Image.new("L", (48, 48), 0)
+  ImageDraw.Draw(image).text((8, 8), char, font=_font(path), fill=255)
+  return image.tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +56,11 @@ def test_catalog_counts_and_fonts(catalog):
     for path in glyph_class.fonts:
       assert ord(glyph_class.char) in charmaps[path], (glyph_class.name, path)
       assert not path.endswith("cmex10.ttf")
+  # No (class, font) pair draws the font's missing-glyph box.
+  for glyph_class in classes:
+    for path in glyph_class.fonts:
+      assert _drawn(glyph_class.char, path) != _drawn(_ABSENT, path), (
+          glyph_class.name, path)
   latin = "".join(c.char for a in catalog if a.name.startswith("Latin (")
                   for c in a.classes)
   assert "A" in latin and "z" in latin and "7" in latin
