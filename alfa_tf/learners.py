@@ -95,10 +95,10 @@ class GradientLearner(tf.keras.Model):
       specs['head.w'] = backbones_lib.ParamSpec((dim, num_classes),
                                                 'zeros' if zero_head else 'xavier')
       specs['head.b'] = backbones_lib.ParamSpec((num_classes,), 'zeros')
-    self.theta0 = collections.OrderedDict(
-        (name, weights.add_weight_from_value(
-            self, name, backbones_lib.initial_value(spec, rng), trainable=learn_init))
-        for name, spec in specs.items())
+    self.theta0 = weights.ParameterSet(
+        collections.OrderedDict((name, backbones_lib.initial_value(spec, rng))
+                                for name, spec in specs.items()),
+        trainable=learn_init, dtype=dtype, name='theta0')
     self.adapted_names = [name for name, spec in specs.items() if spec.adapted]
     self.fixed_names = [name for name, spec in specs.items() if not spec.adapted]
     shapes = collections.OrderedDict((name, specs[name].shape) for name in self.adapted_names)
@@ -213,7 +213,11 @@ class GradientLearner(tf.keras.Model):
     return loss, tape.gradient(loss, self.trainable_variables)
 
   def meta_update(self, episodes, optimizer):
-    """One outer step (Algorithm 1, line 10): computes the meta-gradient, applies it."""
+    """One outer step (Algorithm 1, line 10): computes the meta-gradient, applies it.
+
+    Inside ``tf.function``, call ``optimizer.build(learner.trainable_variables)`` first so
+    that the optimizer's slots are not created during the trace (which would trace twice).
+    """
     loss, grads = self.meta_gradients(episodes)
     optimizer.apply_gradients(zip(grads, self.trainable_variables))
     return loss

@@ -187,9 +187,10 @@ class ALFA(UpdateRule):
       self.g_phi = HyperparameterGenerator(width, n * len(self._generated), rng,
                                            dtype=self.dtype, name='g_phi')
     if self.random_init:
-      self.beta_pp = [weights.add_weight_from_value(
-          self, f'beta_pp.{name}', np.full(self.param_shapes[name], self.beta_pp_init))
-                      for name in self.param_names]
+      self.beta_pp = weights.ParameterSet(
+          collections.OrderedDict((name, np.full(self.param_shapes[name], self.beta_pp_init))
+                                  for name in self.param_names),
+          dtype=self.dtype, name='beta_pp')
     if self.l2f:
       self.attenuation = L2FAttenuation(n, rng, dtype=self.dtype, name='l2f_attenuation')
 
@@ -234,9 +235,8 @@ class ALFA(UpdateRule):
     beta = beta * hats['beta'] if 'beta' in hats else beta
     diagnostics.update(alpha=alpha, beta=beta)
     new = collections.OrderedDict()
-    for index, (name, a, b) in enumerate(zip(self.param_names, tf.unstack(alpha),
-                                             tf.unstack(beta))):
-      decay = self.beta_pp[index] * b if self.random_init else b
+    for name, a, b in zip(self.param_names, tf.unstack(alpha), tf.unstack(beta)):
+      decay = self.beta_pp[name] * b if self.random_init else b
       new[name] = (1.0 - decay) * params[name] - a * grads[name]
     return new, diagnostics
 

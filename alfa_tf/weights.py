@@ -16,8 +16,11 @@ def add_weight_from_value(layer: tf.keras.layers.Layer, name: str, value,
     del shape
     return tf.constant(value, dtype=dtype)
 
-  return layer.add_weight(name=name, shape=value.shape, initializer=initializer,
-                          trainable=trainable)
+  # The name scope makes variable names unique on Keras 2 as well ('g_phi/w1'), where
+  # add_weight outside build() would not prefix the layer's name.
+  with tf.name_scope(layer.name):
+    return layer.add_weight(name=name, shape=value.shape, initializer=initializer,
+                            trainable=trainable)
 
 
 def pytorch_linear_init(rng: np.random.Generator, fan_in: int, fan_out: int):
@@ -28,3 +31,39 @@ def pytorch_linear_init(rng: np.random.Generator, fan_in: int, fan_out: int):
   bound = 1.0 / np.sqrt(fan_in)
   return (rng.uniform(-bound, bound, size=(fan_in, fan_out)),
           rng.uniform(-bound, bound, size=(fan_out,)))
+
+
+class ParameterSet(tf.keras.layers.Layer):
+  """An ordered ``name -> variable`` mapping (theta_0, beta_pp) as a Keras layer.
+
+  Each variable is also an attribute of the layer: Keras 3 checkpoints only variables held
+  directly as attributes (not inside dicts or lists), so this keeps ``tf.train.Checkpoint``
+  saving every tensor on Keras 2 and 3 alike, under its name.
+  """
+
+  def __init__(self, values, trainable: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    self.names = tuple(values)
+    for name, value in values.items():
+      setattr(self, self._attribute(name),
+              add_weight_from_value(self, name, value, trainable=trainable))
+    self.built = True
+
+  @staticmethod
+  def _attribute(name):
+    return 'param_' + name.replace('.', '__')
+
+  def __getitem__(self, name):
+    return getattr(self, self._attribute(name))
+
+  def __iter__(self):
+    return iter(self.names)
+
+  def __len__(self):
+    return len(self.names)
+
+  def items(self):
+    return [(name, self[name]) for name in self.names]
+
+  def values(self):
+    return [self[name] for name in self.names]

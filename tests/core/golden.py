@@ -71,8 +71,8 @@ def build_learner(golden, alfa, random_init, first_order, image_size=28):
       getattr(rule.g_phi, attr_w).assign(golden[f'param/regularizer.{layer}.weight'].T)
       getattr(rule.g_phi, attr_b).assign(golden[f'param/regularizer.{layer}.bias'])
     if random_init:
-      for index, (k, _) in enumerate(INNER):
-        rule.beta_pp[index].assign(to_tf_layout(
+      for k, ours in INNER:
+        rule.beta_pp[ours].assign(to_tf_layout(
             golden[f'{opt}.names_beta_dict_per_param.{torch_key(k)}']))
   return learner
 
@@ -99,13 +99,13 @@ def meta_parameter_targets(learner, alfa, random_init):
   if alfa:
     rule = learner.update_rule
     opt = 'grad/inner_loop_optimizer'
-    for index, (k, _) in enumerate(INNER):
+    for index, (k, ours) in enumerate(INNER):
       for symbol, var in (('alpha', rule.alpha0), ('beta', rule.beta0)):
         targets[f'{opt}.names_{symbol}_dict.{torch_key(k)}'] = (
             var, lambda g, i=index: g[i])
       if random_init:
         targets[f'{opt}.names_beta_dict_per_param.{torch_key(k)}'] = (
-            rule.beta_pp[index], to_torch_layout)
+            rule.beta_pp[ours], to_torch_layout)
     for layer, (attr_w, attr_b) in ((0, ('w1', 'b1')), (2, ('w2', 'b2'))):
       targets[f'grad/regularizer.{layer}.weight'] = (getattr(rule.g_phi, attr_w), np.transpose)
       targets[f'grad/regularizer.{layer}.bias'] = (getattr(rule.g_phi, attr_b), np.asarray)

@@ -1,0 +1,230 @@
+"""Learners: outer steps, the Proto-MAML head, tracing, checkpoints, graph mode, bad input."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import alfa_tf
+
+SHAPE = (16, 16, 3)
+
+
+def small_backbone():
+  return alfa_tf.Conv4(filters=4, num_blocks=3)
+
+
+def make_episode(seed=0, way=3, shots=2, queries=2, shape=SHAPE):
+  rng = np.random.default_rng(seed)
+  return dict(support_images=rng.normal(size=(way * shots,) + shape).astype(np.float32),
+              support_labels=np.repeat(np.arange(way), shots).astype(np.int32),
+              query_images=rng.normal(size=(way * queries,) + shape).astype(np.float32),
+              query_labels=np.repeat(np.arange(way), queries).astype(np.int32))
+
+
+def test_random_init_keeps_theta0_and_learns_beta_pp():
+  learner = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, random_init=True, num_steps=2)
+  theta0 = {k: v.numpy().copy() for k, v in learner.theta0.items()}
+  beta_pp = [v.numpy().copy() for v in learner.update_rule.beta_pp.values()]
+  assert all(not v.trainable for v in learner.theta0.values())
+  learner.meta_update([make_episode(0), make_episode(1)], tf.keras.optimizers.Adam(1e-3))
+  for name, value in theta0.items():
+    np.testing.assert_array_equal(learner.theta0[name].numpy(), value)
+  changed = [np.any(v.numpy() != b)
+             for v, b in zip(learner.update_rule.beta_pp.values(), beta_pp)]
+  assert sum(changed) >= len(changed) - 4  # conv biases get no gradient (BN cancels them)
+
+
+def test_maml_outer_step_changes_theta0():
+  learner = alfa_tf.MAMLLearner(small_backbone(), 3, SHAPE, num_steps=1)
+  before = learner.theta0['block0.w'].numpy().copy()
+  loss = learner.meta_update([make_episode()], tf.keras.optimizers.Adam(1e-2))
+  assert np.isfinite(float(loss))
+  assert np.any(learner.theta0['block0.w'].numpy() != before)
+
+
+def test_proto_head_before_adaptation_is_the_prototype_classifier():
+  learner = alfa_tf.MAMLLearner(small_backbone(), 3, SHAPE, head='proto', dtype='float64')
+  episode = make_episode(shots=3)
+  theta, fixed = learner._read_theta0()
+  params = {**fixed, **theta}
+  features, _ = learner.backbone(params, tf.constant(episode['support_images'], tf.float64))
+  labels = tf.constant(episode['support_labels'])
+  params['head.w'], params['head.b'] = learner.proto_head(features, labels)
+  logits = tf.matmul(features, params['head.w']) + params['head.b']
+  prototypes = tf.math.unsorted_segment_mean(features, labels, 3)
+  distances = tf.reduce_sum(tf.square(features[:, None] - prototypes[None]), axis=-1)
+  np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), tf.nn.softmax(-distances).numpy(),
+                             rtol=1e-10, atol=1e-12)
+  # The learner's step-0 support logits are exactly these.
+  out = learner.episode_output(episode)
+  np.testing.assert_allclose(out.adaptation.aux[0].numpy(), logits.numpy(), rtol=1e-10)
+
+
+def test_compiled_meta_step_traces_once_for_episodes_of_one_shape():
+  learner = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, num_steps=2, first_order=True)
+  optimizer = tf.keras.optimizers.Adam(1e-3)
+  optimizer.build(learner.trainable_variables)  # slots exist before tracing
+  traces = []
+
+  @tf.function
+  def step(batch):
+    traces.append(1)
+    return learner.meta_update(batch, optimizer)
+
+  for seed in range(4):
+    step([make_episode(2 * seed), make_episode(2 * seed + 1)])
+  assert len(traces) == 1
+
+
+def test_variable_way_is_masked_and_tolerates_unknown_batch_sizes():
+  learner = alfa_tf.ALFALearner(small_backbone(), 6, SHAPE, num_steps=1, head='proto')
+  spec = dict(support_images=tf.TensorSpec((None,) + SHAPE), support_labels=tf.TensorSpec(
+      (None,), tf.int32), query_images=tf.TensorSpec((None,) + SHAPE),
+              query_labels=tf.TensorSpec((None,), tf.int32), way=tf.TensorSpec((), tf.int32))
+  logits_fn = tf.function(lambda ep: learner.episode_output(ep).query_logits,
+                          input_signature=[spec])
+  for way in (3, 5):
+    episode = make_episode(way=way)
+    logits = logits_fn(dict(episode, way=np.int32(way))).numpy()
+    assert logits.shape == (2 * way, 6)
+    assert np.all(logits[:, way:] < -1e8)
+  assert len(logits_fn.get_concrete_function().structured_outputs.shape) == 2
+
+
+def test_query_batch_norm_modes_differ():
+  kwargs = dict(num_steps=1, dtype='float64', seed=1)
+  own = alfa_tf.MAMLLearner(small_backbone(), 3, SHAPE, query_bn='own', **kwargs)
+  support = alfa_tf.MAMLLearner(small_backbone(), 3, SHAPE, query_bn='support', **kwargs)
+  episode = make_episode()
+  a = own.episode_output(episode).query_logits.numpy()
+  b = support.episode_output(episode).query_logits.numpy()
+  assert not np.allclose(a, b)
+  # Normalising the query with the support's statistics: a single query image gives the
+  # same logits alone or in a batch.
+  single = dict(episode, query_images=episode['query_images'][:1],
+                query_labels=episode['query_labels'][:1])
+  np.testing.assert_allclose(support.episode_output(single).query_logits.numpy(), b[:1],
+                             rtol=1e-10)
+
+
+@pytest.mark.parametrize('random_init', [False, True])
+def test_checkpoint_round_trip(tmp_path, random_init):
+  learner, other = [alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, num_steps=2, seed=seed,
+                                        random_init=random_init) for seed in (0, 1)]
+  saved = tf.train.list_variables(
+      tf.train.Checkpoint(learner=learner).save(str(tmp_path / 'listing')))
+  assert len([name for name, _ in saved if 'VARIABLE_VALUE' in name]) == len(learner.weights) + 1
+  path = tf.train.Checkpoint(learner=learner).save(str(tmp_path / 'ckpt'))
+  tf.train.Checkpoint(learner=other).restore(path).assert_existing_objects_matched()
+  for a, b in zip(learner.weights, other.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  episode = make_episode()
+  np.testing.assert_array_equal(learner.episode_output(episode).query_logits.numpy(),
+                                other.episode_output(episode).query_logits.numpy())
+
+
+def test_learner_is_a_keras_model_with_summary(capsys):
+  learner = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE)
+  assert isinstance(learner, tf.keras.Model)
+  learner.summary()
+  total = sum(int(np.prod(v.shape)) for v in learner.trainable_variables)
+  printed = capsys.readouterr().out.replace(',', '')
+  assert f'Trainable params: {total}' in printed, printed
+
+
+def test_regression_with_mlp_and_mse():
+  learner = alfa_tf.ALFALearner(alfa_tf.MLP((40, 40)), 1, (1,), loss='mse', num_steps=1)
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-5, 5, size=(10, 1)).astype(np.float32)
+  episode = dict(support_images=x[:5], support_labels=np.sin(x[:5, 0]),
+                 query_images=x[5:], query_labels=np.sin(x[5:, 0]))
+  loss = learner.meta_update([episode], tf.keras.optimizers.Adam(1e-3))
+  assert np.isfinite(float(loss))
+
+
+def test_evaluation_can_run_more_steps():
+  learner = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, num_steps=2, eval_num_steps=4)
+  assert len(learner.episode_output(make_episode(), training=False).adaptation.losses) == 4
+  assert len(learner.episode_output(make_episode(), training=True).adaptation.losses) == 2
+
+
+@pytest.mark.parametrize('backbone,shape,dim', [
+    (alfa_tf.ResNet12(channels=(8, 8, 16, 16)), (32, 32, 3), 16),
+    (alfa_tf.ResNet18(channels=(8, 8, 16, 16)), (40, 40, 3), 16),
+    (alfa_tf.Conv4(filters=8), (84, 84, 3), 8 * 5 * 5),
+])
+def test_backbones_adapt_end_to_end(backbone, shape, dim):
+  assert backbone.output_dim(shape) == dim
+  learner = alfa_tf.ALFALearner(backbone, 3, shape, num_steps=1, head='proto',
+                                first_order=True)
+  out = learner.episode_output(make_episode(way=3, shots=1, queries=1, shape=shape))
+  assert out.query_logits.shape == (3, 3) and np.isfinite(float(out.query_loss))
+  n_adapted = len(learner.update_rule.param_names)
+  assert n_adapted == sum(s.adapted for s in backbone.param_specs().values()) + 2
+
+
+def test_reference_resnet12_size_and_tensor_count():
+  specs = alfa_tf.ResNet12(channels=(64, 128, 256, 512)).param_specs()
+  assert sum(s.adapted for s in specs.values()) + 2 == 18  # N = 18 as in the reference
+  assert 7.9e6 < sum(int(np.prod(s.shape)) for s in specs.values()) < 8.1e6
+
+
+def test_graph_mode_meta_training_step():
+  """TF1 graph mode (upstream Meta-Dataset's trainer): build, initialise, run, train."""
+  graph = tf.Graph()
+  with graph.as_default():
+    learner = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, num_steps=2)
+    episode = {k: tf.constant(v) for k, v in make_episode().items()}
+    loss = learner.meta_loss([episode])
+    # Keras 3 wraps each tf.Variable (its .value); Keras 2 variables are tf.Variables.
+    variables = [v.value if isinstance(getattr(v, 'value', None), tf.Variable) else v
+                 for v in learner.trainable_variables]
+    grads = tf.compat.v1.gradients(loss, variables)
+    assert all(g is not None for g in grads)
+    train_op = tf.compat.v1.train.AdamOptimizer(1e-3).minimize(loss, var_list=variables)
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      first = session.run(loss)
+      for _ in range(3):
+        session.run(train_op)
+      assert np.isfinite(first) and session.run(loss) != first
+
+
+class TestBadInput:
+  learner = None
+
+  @classmethod
+  def setup_class(cls):
+    cls.learner = alfa_tf.MAMLLearner(small_backbone(), 3, SHAPE, num_steps=1)
+
+  def test_labels_out_of_range(self):
+    episode = make_episode()
+    episode['support_labels'] = episode['support_labels'] + 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match='support labels out of range'):
+      self.learner.episode_output(episode)
+
+  def test_empty_support_set(self):
+    episode = make_episode()
+    episode['support_images'] = episode['support_images'][:0]
+    episode['support_labels'] = episode['support_labels'][:0]
+    with pytest.raises(ValueError, match='support set is empty'):
+      self.learner.episode_output(episode)
+
+  def test_mismatched_shapes(self):
+    episode = make_episode()
+    episode['support_labels'] = episode['support_labels'][:-1]
+    with pytest.raises(ValueError, match='6 inputs but 5 labels'):
+      self.learner.episode_output(episode)
+    episode = make_episode(shape=(8, 8, 3))
+    with pytest.raises(ValueError, match=r'expects \[n, 16, 16, 3\]'):
+      self.learner.episode_output(episode)
+
+  def test_non_finite_inner_loss(self):
+    episode = make_episode()
+    episode['support_images'][0, 0, 0, 0] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match='inner step 0'):
+      self.learner.episode_output(episode)
+
+  def test_rule_dtype_mismatch(self):
+    with pytest.raises(ValueError, match='dtype'):
+      alfa_tf.GradientLearner(small_backbone(), 3, SHAPE, alfa_tf.SGD(dtype='float32'),
+                              dtype='float64')
