@@ -20,11 +20,13 @@ A character becomes a class when at least `min_fonts` fonts draw it, it has
 no decomposition (accented letters are left out: their classes would differ by
 a few pixels) and it does not look the same as a class already taken in a
 reference font (Latin "A", Greek "Alpha" and Cyrillic "A" are one shape: only
-the first, in alphabet order, is kept). Blocks of line-drawing pieces, block
-elements and Braille are not used. Alphabets with more than
-`MAX_CLASSES_PER_ALPHABET` characters are cut into consecutive parts
-("Arrows (1/4)", "Arrows (2/4)", ...), like Omniglot's 14-55 characters per alphabet.
-Alphabets are split into TRAIN / VALID / TEST by alphabet, as Omniglot is.
+the first, in alphabet order, is kept). Box drawing and block elements (whose
+characters differ by line weight only) and Braille (the same dots in every
+font) are not used. Alphabets with more than `MAX_CLASSES_PER_ALPHABET`
+characters are cut into consecutive parts ("Arrows (1/4)", "Arrows (2/4)",
+...), like Omniglot's 14-55 characters per alphabet. Alphabets with fewer than
+`MIN_CLASSES_PER_ALPHABET` are left out. The alphabets are split into TRAIN /
+VALID / TEST (`SPLIT_FRACTIONS` of them), as Omniglot is.
 
 Everything is deterministic given the seed (and the installed matplotlib and
 Pillow): the split of alphabets, the fonts and transforms of every image.
@@ -143,8 +145,8 @@ def font_dir() -> str:
 def font_files() -> List[str]:
   """Paths of the fonts used (all shipped .ttf but the placeholder font)."""
   directory = font_dir()
-  return [os.path.join(directory, name) for name in sorted(os.listdir(directory))
-          if name.endswith(".ttf")
+  return [os.path.join(directory, name)
+          for name in sorted(os.listdir(directory)) if name.endswith(".ttf")
           and not name.startswith(_PLACEHOLDER_FONT_PREFIX)]
 
 
@@ -172,6 +174,7 @@ class GlyphClass(NamedTuple):
 
 
 class Alphabet(NamedTuple):
+  """One superclass: a name and its classes in code point order."""
   name: str
   classes: Tuple[GlyphClass, ...]
 
@@ -186,9 +189,9 @@ def _reference_image(char: str, path: str) -> np.ndarray:
   font = _font(path, int(_REFERENCE_SIZE * _EM_FRACTION))
   left, top, right, bottom = font.getbbox(char)
   image = Image.new("L", (_REFERENCE_SIZE, _REFERENCE_SIZE), 0)
-  ImageDraw.Draw(image).text(
-      ((_REFERENCE_SIZE - left - right) / 2, (_REFERENCE_SIZE - top - bottom) / 2),
-      char, font=font, fill=255)
+  origin = ((_REFERENCE_SIZE - left - right) / 2,
+            (_REFERENCE_SIZE - top - bottom) / 2)
+  ImageDraw.Draw(image).text(origin, char, font=font, fill=255)
   return np.asarray(image, np.float32).ravel() / 255.0
 
 
@@ -198,6 +201,8 @@ def _drop_lookalikes(classes: List[GlyphClass]) -> List[GlyphClass]:
   for reference in _REFERENCE_FONTS:
     path = os.path.join(font_dir(), reference)
     index = [i for i, c in enumerate(classes) if path in c.fonts]
+    if not index:
+      continue
     images = np.stack([_reference_image(classes[i].char, path) for i in index])
     norms = (images * images).sum(axis=1)
     distance = (norms[:, None] + norms[None, :] - 2 * images @ images.T) / (
@@ -350,6 +355,9 @@ def generate_glyphs(records_root_dir: str,
     overwrite: replace an existing source (once the new one is complete).
   """
   alphabets = build_catalog(settings.min_fonts)
+  if len(alphabets) < len(Split):
+    raise DataError(f"min_fonts={settings.min_fonts} leaves {len(alphabets)} "
+                    "alphabet(s); at least one per split is needed.")
   splits = writer.assign_splits(alphabets, SPLIT_FRACTIONS, settings.seed)
   layout = writer.SourceLayout.bilevel(SOURCE_NAME, {
       split: [(a.name, [c.name for c in a.classes]) for a in members]

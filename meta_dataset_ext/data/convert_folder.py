@@ -2,8 +2,10 @@
 
 Two layouts:
 
-    flat:     <source_dir>/<class>/<image>             -> DatasetSpecification
-    bilevel:  <source_dir>/<superclass>/<class>/<image> -> BiLevelDatasetSpecification
+    flat:     <source_dir>/<class>/<image>
+              -> DatasetSpecification
+    bilevel:  <source_dir>/<superclass>/<class>/<image>
+              -> BiLevelDatasetSpecification
               (e.g. Omniglot's <alphabet>/<character>/*.png)
 
 `auto` (the default) picks flat when the top-level folders hold image files and

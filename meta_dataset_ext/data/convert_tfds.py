@@ -195,7 +195,8 @@ def convert_tfds(builder_name: str, records_root_dir: str,
   except (AssertionError, ValueError, tf.errors.NotFoundError) as e:
     raise DataError(f"Cannot read TFDS builder {builder_name!r} splits "
                     f"{splits} from {builder.data_dir!r} (download it with "
-                    f"--download or `tfds build {builder_name}`): {e}") from None
+                    f"--download or `tfds build {builder_name}`): {e}"
+                    ) from None
 
   os.makedirs(records_root_dir, exist_ok=True)
   scratch = tempfile.mkdtemp(prefix=f".{name}.scratch-", dir=records_root_dir)

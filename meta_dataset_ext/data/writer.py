@@ -1,4 +1,4 @@
-"""Writing a converted source: one TFRecord file per class and dataset_spec.json.
+"""Writing a converted source: one TFRecord file per class, dataset_spec.json.
 
 This is the write side shared by every converter (image folders, TFDS builders,
 the glyphs source). It produces the layout upstream Meta-Dataset's reader
@@ -222,6 +222,9 @@ class ClassRecordsWriter:
   be closed and the class gets more examples, they go to a part file that is
   appended to the class's file on `close()` (uncompressed TFRecord files
   concatenate into a valid TFRecord file).
+
+  Attributes:
+    counts: {class_id: examples written so far}.
   """
 
   def __init__(self, directory: str, max_open_files: int = 128):
