@@ -29,8 +29,10 @@ all-zero images, label -1 and class id -1 (`mask = labels >= 0`; a one-hot of
 Fixed-shape episodes (num_ways, an int num_support and num_query all set) are
 never padded and have static shapes.
 
-Reproducibility: the seed fixes the sequence of episode descriptions and the
-records each episode uses; iterating the dataset again restarts the sequence.
+The dataset is endless (take what you need). Reproducibility: the seed fixes
+the sequence of episode descriptions and the records each episode uses;
+iterating the dataset again restarts the sequence. Records are read from the
+local (or mounted) file system.
 """
 
 import dataclasses
@@ -156,6 +158,7 @@ class EpisodeStream:
       yield description, episode
 
   def _static_sizes(self) -> Tuple[Optional[int], Optional[int]]:
+    """(support, query) sizes known before reading; None when they vary."""
     if self.fixed_shape:
       cfg = self.episode_config
       return cfg.num_ways * cfg.num_support, cfg.num_ways * cfg.num_query
