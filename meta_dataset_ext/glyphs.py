@@ -127,7 +127,7 @@ _LOOKALIKE_DISTANCE = 0.02
 # Rendering: the em is this fraction of the image; glyphs are shrunk to fit.
 _EM_FRACTION = 0.75
 _MAX_EXTENT = 0.85
-_MIN_SUPERSAMPLED_SIZE = 112  # Draw at >= this size, then box-downsample.
+_MIN_SUPERSAMPLED_SIZE = 56  # Draw at >= this size, then box-downsample.
 # Random transform ranges.
 _ROTATION_DEGREES = 12.0
 _SCALE_RANGE = (0.8, 1.1)
