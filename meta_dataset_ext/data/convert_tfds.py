@@ -128,13 +128,17 @@ def _read_by_label(dataset: tf.data.Dataset, scratch_dir: str,
 
 def _scratch_images(scratch_dir: str, labels: Sequence[int]
                     ) -> Iterator[Tuple[int, bytes]]:
-  """(class_id, image bytes), class_id being the position in `labels`."""
-  for class_id, label in enumerate(labels):
-    path = os.path.join(scratch_dir,
-                        spec_lib.DEFAULT_FILE_PATTERN.format(label))
-    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-      example = tf.train.Example.FromString(record)
-      yield class_id, example.features.feature["image"].bytes_list.value[0]
+  """(class_id, image bytes), class_id being the label's position in `labels`.
+
+  One pipeline reads the label files in class order.
+  """
+  class_of = {label: class_id for class_id, label in enumerate(labels)}
+  paths = [os.path.join(scratch_dir, spec_lib.DEFAULT_FILE_PATTERN.format(l))
+           for l in labels]
+  for record in tf.data.TFRecordDataset(paths).as_numpy_iterator():
+    feature = tf.train.Example.FromString(record).features.feature
+    yield (class_of[feature["label"].int64_list.value[0]],
+           feature["image"].bytes_list.value[0])
 
 
 def convert_tfds(builder_name: str, records_root_dir: str,

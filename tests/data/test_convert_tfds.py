@@ -104,3 +104,17 @@ def test_unknown_builder_and_missing_feature(tmp_path):
   with pytest.raises(DataError, match="no ClassLabel feature 'script'"):
     ct.convert_tfds("omniglot", str(tmp_path), superclass_key="script",
                     data_dir=str(tmp_path))
+
+
+def test_reading_stops_once_every_class_is_full(tmp_path):
+  # quickdraw_bitmap: 345 classes. Once each has 2 images reading stops, so
+  # the extra example (a 346th class with one image, an error if read) is not
+  # read.
+  examples = [{"image": _png(label, k), "label": np.int64(label)}
+              for k in range(2) for label in range(345)]
+  examples.append({"image": _png(345, 0), "label": np.int64(345)})
+  with tfds.testing.mock_data(as_dataset_fn=_mock(examples)):
+    spec = ct.convert_tfds("quickdraw_bitmap", str(tmp_path),
+                           max_images_per_class=2)
+  assert [len(spec.get_classes(s)) for s in Split] == [241, 52, 52]
+  assert set(spec.images_per_class.values()) == {2}
