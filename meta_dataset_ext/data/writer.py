@@ -21,11 +21,11 @@ SourceLayout.bilevel(name, superclasses)  superclasses:
 assign_splits(items, fractions=(0.7, 0.15, 0.15), seed=0) -> {Split: [items]}
     A seeded random split of `items`, each split keeping the input order.
 write_source(records_root_dir, layout, examples, overwrite=False,
-             max_open_files=128, extra_files=None) -> spec
+             max_open_files=512, extra_files=None) -> spec
     Writes `examples` (an iterable of (class_id, encoded image bytes)) and the
     spec atomically: everything goes to a hidden staging directory that is
     renamed into place only when the whole source has been written.
-ClassRecordsWriter(directory, max_open_files=128)
+ClassRecordsWriter(directory, max_open_files=512)
     Appends examples to per-class files in any class order with a bounded
     number of open files (what `write_source` uses).
 make_example(image_bytes, label) -> bytes      a serialized tf.train.Example
@@ -227,7 +227,7 @@ class ClassRecordsWriter:
     counts: {class_id: examples written so far}.
   """
 
-  def __init__(self, directory: str, max_open_files: int = 128):
+  def __init__(self, directory: str, max_open_files: int = 512):
     self._directory = directory
     self._max_open = max(1, max_open_files)
     self._open: Dict[int, tf.io.TFRecordWriter] = {}  # Oldest use first.
@@ -309,7 +309,7 @@ def _staging_dir(final_dir: str, overwrite: bool) -> Iterator[str]:
 def write_source(records_root_dir: str, layout: SourceLayout,
                  examples: Iterable[Tuple[int, bytes]],
                  overwrite: bool = False,
-                 max_open_files: int = 128,
+                 max_open_files: int = 512,
                  extra_files: Optional[Mapping[str, str]] = None
                  ) -> spec_lib.AnySpec:
   """Writes a whole source: its class records and dataset_spec.json.
