@@ -64,26 +64,38 @@ _ACTIVATIONS = {
 def activation_fn(name: str, leaky_slope: float = 0.01):
   """'leaky_relu' uses ``leaky_slope`` (the reference: 0.01, not TF's default 0.2)."""
   if name == 'leaky_relu':
-    # Not tf.nn.leaky_relu: its slope is a float32 attribute (0.01 -> 0.0099999998),
-    # which costs float64 runs eight digits.
-    return lambda x: tf.where(x > 0, x, leaky_slope * x)
+    return lambda x: _leaky_relu(x, leaky_slope)
   if name not in _ACTIVATIONS:
     raise ValueError(f'Unknown activation {name!r}; expected leaky_relu, relu or softplus.')
   return _ACTIVATIONS[name]
 
 
-def batch_norm(x, scale, offset, eps, moments=None):
+def _leaky_relu(x, slope):
+  """max(x, slope * x). The fused op's slope is a float32 attribute (0.01 -> 0.0099999998):
+  exact in float32 and faster there, but it would cost float64 runs eight digits."""
+  if x.dtype == tf.float64:
+    return tf.where(x > 0, x, slope * x)
+  return tf.nn.leaky_relu(x, alpha=slope)
+
+
+def batch_norm(x, scale, offset, eps, moments=None, collect_moments=True):
   """BatchNorm with the batch's own statistics, or with given ``moments``.
 
   Mean and *biased* variance over every axis but the last (the reference's
-  ``F.batch_norm(training=True)``). Returns the output and the (mean, variance) used.
+  ``F.batch_norm(training=True)``). Returns the output and the (mean, variance) used, or
+  None for them when ``collect_moments`` is False: then float32/16 inputs take TensorFlow's
+  fused kernel (one op forward and backward; its second derivative is registered too).
   """
+  if moments is None and not collect_moments and x.dtype != tf.float64 and x.shape.rank == 4:
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, scale, offset, epsilon=eps,
+                                               is_training=True)
+    return y, None
   if moments is None:
     # Not tf.nn.moments: it stops the gradient through the mean inside the variance, which
     # is exact for first derivatives only and breaks second-order meta-gradients.
     axes = list(range(x.shape.rank - 1))
     mean = tf.reduce_mean(x, axis=axes)
-    moments = mean, tf.reduce_mean(tf.square(x - mean), axis=axes)
+    moments = mean, tf.reduce_mean(tf.math.squared_difference(x, mean), axis=axes)
   mean, variance = moments
   return tf.nn.batch_normalization(x, mean, variance, offset, scale, eps), moments
 
@@ -106,8 +118,13 @@ class Backbone:
     """Feature size for images of ``input_shape`` (H, W, C) or (D,) for an MLP."""
     raise NotImplementedError
 
-  def __call__(self, params: Params, images: tf.Tensor,
-               moments: Optional[Moments] = None) -> Tuple[tf.Tensor, Moments]:
+  def __call__(self, params: Params, images: tf.Tensor, moments: Optional[Moments] = None,
+               collect_moments: bool = False) -> Tuple[tf.Tensor, Optional[Moments]]:
+    """Features of ``images``; BatchNorm uses ``moments`` when given, else the batch's own.
+
+    Returns (features, moments): the per-layer (mean, variance) used when
+    ``collect_moments``, else None (which lets float32 BatchNorm use the fused kernel).
+    """
     raise NotImplementedError
 
 
@@ -134,9 +151,11 @@ class ConvBNMixin:
     x = tf.nn.conv2d(x, kernel, stride, 'SAME')
     if f'{prefix}.b' in params:
       x = tf.nn.bias_add(x, params[f'{prefix}.b'])
-    x, moments_out[prefix] = batch_norm(
+    x, used = batch_norm(
         x, params[f'{prefix}.bn_scale'], params[f'{prefix}.bn_offset'], self.bn_eps,
-        None if moments_in is None else moments_in[prefix])
+        None if moments_in is None else moments_in[prefix], moments_out is not None)
+    if moments_out is not None:
+      moments_out[prefix] = used
     return x
 
 
@@ -177,8 +196,8 @@ class Conv4(ConvBNMixin, Backbone):
                        f'{self.num_blocks} pooling layers.')
     return h * w * self.filters
 
-  def __call__(self, params, images, moments=None):
-    x, used = images, {}
+  def __call__(self, params, images, moments=None, collect_moments=False):
+    x, used = images, ({} if collect_moments else None)
     for i in range(self.num_blocks):
       x = self._conv_bn(params, x, f'block{i}', moments, used)
       x = _pool(self.activation(x), self.pooling, 2, 2)
@@ -214,8 +233,8 @@ class ResNet12(ConvBNMixin, Backbone):
   def output_dim(self, input_shape):
     return self.channels[-1]
 
-  def __call__(self, params, images, moments=None):
-    x, used = images, {}
+  def __call__(self, params, images, moments=None, collect_moments=False):
+    x, used = images, ({} if collect_moments else None)
     for b in range(len(self.channels)):
       shortcut = self._conv_bn(params, x, f'res{b}.shortcut', moments, used)
       for k in range(3):
@@ -257,8 +276,8 @@ class ResNet18(ConvBNMixin, Backbone):
   def output_dim(self, input_shape):
     return self.channels[-1]
 
-  def __call__(self, params, images, moments=None):
-    used = {}
+  def __call__(self, params, images, moments=None, collect_moments=False):
+    used = {} if collect_moments else None
     x = tf.nn.relu(self._conv_bn(params, images, 'stem', moments, used, stride=2))
     x = _pool(x, 'max', 3, 2, 'SAME')
     for prefix, _, _, stride in self._blocks():
@@ -291,8 +310,8 @@ class MLP(Backbone):
   def output_dim(self, input_shape):
     return self.hidden[-1]
 
-  def __call__(self, params, inputs, moments=None):
+  def __call__(self, params, inputs, moments=None, collect_moments=False):
     x = inputs
     for i in range(len(self.hidden)):
       x = self.activation(tf.matmul(x, params[f'dense{i}.w']) + params[f'dense{i}.b'])
-    return x, {}
+    return x, ({} if collect_moments else None)

@@ -187,7 +187,7 @@ class GradientLearner(tf.keras.Model):
     final = {**fixed, **adaptation.params}
     moments = None
     if self.query_bn == 'support':
-      _, moments = self.backbone(final, support_images)
+      _, moments = self.backbone(final, support_images, collect_moments=True)
     query_logits, _ = self._outputs(final, query_images, moments, way)
     query_loss = None if query_labels is None else self.loss_fn(query_logits, query_labels)
     return EpisodeOutput(query_logits, query_loss, adaptation)

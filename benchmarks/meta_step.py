@@ -1,0 +1,98 @@
+"""Seconds per meta-iteration and peak memory of MAML vs ALFA+MAML, first vs second order.
+
+The workload of the ALFA paper's 4-CONV experiments: 5-way, 1 or 5 shots, 15 queries per
+class, 84x84x3 images, 48 filters, 5 inner steps, meta-batch 2, one compiled (tf.function)
+outer step with Adam. Each configuration runs in a fresh process so that its peak resident
+memory (ru_maxrss) is its own.
+
+    python benchmarks/meta_step.py [--iterations 10] [--json benchmarks/results/meta_step.json]
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = [(learner, shot, order) for shot in (1, 5) for order in ('second', 'first')
+           for learner in ('maml', 'alfa_maml')]
+
+
+def run_one(learner_name, shot, order, iterations, warmup):
+  """Times one configuration in this process; returns its record."""
+  import numpy as np
+  import tensorflow as tf
+  import alfa_tf
+
+  way, queries, size = 5, 15, 84
+  kwargs = dict(num_classes=way, input_shape=(size, size, 3), num_steps=5,
+                first_order=(order == 'first'))
+  backbone = alfa_tf.Conv4(filters=48)
+  learner = (alfa_tf.ALFALearner(backbone, **kwargs) if learner_name == 'alfa_maml'
+             else alfa_tf.MAMLLearner(backbone, **kwargs))
+  optimizer = tf.keras.optimizers.Adam(1e-3)
+  optimizer.build(learner.trainable_variables)
+  rng = np.random.default_rng(0)
+
+  def episode():
+    return dict(
+        support_images=tf.constant(rng.uniform(-1, 1, (way * shot, size, size, 3)), tf.float32),
+        support_labels=tf.constant(np.repeat(np.arange(way), shot), tf.int32),
+        query_images=tf.constant(rng.uniform(-1, 1, (way * queries, size, size, 3)),
+                                 tf.float32),
+        query_labels=tf.constant(np.repeat(np.arange(way), queries), tf.int32))
+
+  batches = [[episode(), episode()] for _ in range(3)]
+  step = tf.function(lambda batch: learner.meta_update(batch, optimizer))
+  for i in range(warmup):
+    step(batches[i % 3]).numpy()
+  times = []
+  for i in range(iterations):
+    start = time.perf_counter()
+    step(batches[i % 3]).numpy()
+    times.append(time.perf_counter() - start)
+  return dict(learner=learner_name, shot=shot, order=order,
+              seconds_per_iter=round(statistics.median(times), 4),
+              peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+              tensorflow=tf.__version__, iterations=iterations)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--iterations', type=int, default=10)
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--json', help='also write the records to this JSON file')
+  parser.add_argument('--only', nargs=3, metavar=('LEARNER', 'SHOT', 'ORDER'),
+                      help='run a single configuration in this process (used internally)')
+  args = parser.parse_args()
+  if args.only:
+    learner, shot, order = args.only
+    print(json.dumps(run_one(learner, int(shot), order, args.iterations, args.warmup)))
+    return
+  records = []
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  for learner, shot, order in CONFIGS:
+    out = subprocess.run([sys.executable, __file__, '--only', learner, str(shot), order,
+                          '--iterations', str(args.iterations), '--warmup', str(args.warmup)],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    records.append(json.loads(out.strip().splitlines()[-1]))
+    print(f'done: {records[-1]}', file=sys.stderr)
+  print(f'{"learner":10s} {"shot":>4s} {"order":>6s} {"s/iter":>8s} {"peak RSS MB":>12s}')
+  for r in records:
+    print(f'{r["learner"]:10s} {r["shot"]:4d} {r["order"]:>6s} {r["seconds_per_iter"]:8.3f} '
+          f'{r["peak_rss_mb"]:12.0f}')
+  by_key = {(r['learner'], r['shot'], r['order']): r['seconds_per_iter'] for r in records}
+  for shot in (1, 5):
+    for order in ('second', 'first'):
+      ratio = by_key[('alfa_maml', shot, order)] / by_key[('maml', shot, order)]
+      print(f'ALFA overhead, {shot}-shot {order}-order: {100 * (ratio - 1):+.1f}%')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(records, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
