@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from meta_dataset_ext.data import pipeline
 from meta_dataset_ext.data import spec as spec_lib
+from meta_dataset_ext.data import writer
 from meta_dataset_ext.data.sampler import EpisodeDescriptionConfig
 from meta_dataset_ext.data.spec import DataError
 from tests.data import records_util
@@ -194,3 +195,19 @@ def test_corrupt_record_error_names_file_when_iterating(tmp_path):
   dataset = pipeline.make_episode_dataset(str(tmp_path), "bad", "TRAIN")
   with pytest.raises(tf.errors.OpError, match=r"Corrupt record 2 in .*bad"):
     next(iter(dataset))
+
+
+def test_reads_what_the_writer_writes(tmp_path):
+  layout = writer.SourceLayout.flat(
+      "written", {"TRAIN": [f"w{i}" for i in range(5)], "TEST": ["t0"]})
+  examples = [(c, records_util.encode_png(c, i, 8)) for i in range(4)
+              for c in range(6)]
+  writer.write_source(str(tmp_path), layout, examples)
+  config = EpisodeDescriptionConfig.fixed(5, 2, 2)
+  dataset = pipeline.make_episode_dataset(str(tmp_path), "written", "TRAIN",
+                                          config, DATA_CONFIG)
+  episode = next(iter(dataset))
+  origins = [records_util.identify(i) for i in episode["support_images"]]
+  origins += [records_util.identify(i) for i in episode["query_images"]]
+  assert sorted({c for c, _ in origins}) == [0, 1, 2, 3, 4]
+  assert len(set(origins)) == 20
