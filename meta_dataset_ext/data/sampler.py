@@ -194,8 +194,9 @@ class EpisodeSampler:
   Raises (at construction, naming the source, split or class):
     DataError: the split has fewer usable classes than the minimum way, a
       class has fewer than 2 images (or fewer than fixed shots + queries), a
-      superclass has fewer classes than min_ways, no DAG node is eligible, or
-      a hierarchy is combined with a fixed num_ways.
+      superclass has fewer classes than min_ways, no DAG node is eligible, a
+      hierarchy is combined with a fixed num_ways, or the way bounds
+      contradict each other or max_support_set_size.
   """
 
   def __init__(self, spec, split, config: EpisodeDescriptionConfig,
@@ -207,6 +208,7 @@ class EpisodeSampler:
     self._where = f"split {self.split.name} of source {spec.name!r}"
     self._class_ids = self._usable_classes()
     self._hierarchy = self._hierarchy_kind()
+    self._check_ways()
     self._check_class_sizes()
     if self._hierarchy == "bilevel":
       self._superclasses = self._eligible_superclasses()
@@ -252,6 +254,18 @@ class EpisodeSampler:
       raise DataError(f"{self._where}: min_examples_in_class cannot be "
                       "combined with the bilevel ontology.")
     return kind
+
+  def _check_ways(self):
+    cfg = self.config
+    if cfg.num_ways is None and cfg.max_ways_upper_bound < cfg.min_ways:
+      raise DataError(f"max_ways_upper_bound={cfg.max_ways_upper_bound} is "
+                      f"smaller than min_ways={cfg.min_ways}.")
+    largest_way = min(cfg.max_ways, len(self._class_ids))
+    if cfg.num_support is None and cfg.max_support_set_size < largest_way:
+      raise DataError(
+          f"{self._where}: max_support_set_size={cfg.max_support_set_size} "
+          f"cannot give one support image to each of up to {largest_way} "
+          "classes.")
 
   def _check_class_sizes(self):
     cfg = self.config

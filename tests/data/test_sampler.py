@@ -242,3 +242,13 @@ def test_config_is_gin_configurable_with_upstream_names():
 def test_unsupported_upstream_options_are_refused():
   with pytest.raises(DataError, match="simclr_episode_fraction"):
     EpisodeDescriptionConfig(simclr_episode_fraction=0.5)
+
+
+def test_inconsistent_way_and_support_bounds():
+  spec = flat_spec([20] * 30)
+  with pytest.raises(DataError, match="max_ways_upper_bound=4"):
+    sampler_lib.EpisodeSampler(spec, "TRAIN", EpisodeDescriptionConfig(
+        max_ways_upper_bound=4))
+  with pytest.raises(DataError, match="max_support_set_size=20 .* 30"):
+    sampler_lib.EpisodeSampler(spec, "TRAIN", EpisodeDescriptionConfig(
+        max_support_set_size=20))
