@@ -36,6 +36,7 @@ local (or mounted) file system.
 """
 
 import dataclasses
+import itertools
 import math
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -112,29 +113,39 @@ class EpisodeStream:
         spec, self.data_config.read_buffer_size_bytes)
     self.records.check_files(spec.get_classes(self.split))
 
-  def _seeds(self):
-    return np.random.SeedSequence(self.seed).spawn(2)
+  def _episode_rngs(self, index: int) -> Tuple[np.random.Generator, ...]:
+    """Generators of episode `index`'s description and of its records.
+
+    They depend on (seed, index) only, so a stream can start at any episode
+    without drawing the ones before it (exact resume of a training run).
+    """
+    return tuple(np.random.default_rng(s) for s in
+                 np.random.SeedSequence([self.seed, index]).spawn(2))
 
   def _new_sampler(self, seed) -> sampler_lib.EpisodeSampler:
     return sampler_lib.EpisodeSampler(self.spec, self.split,
                                       self.episode_config,
                                       np.random.default_rng(seed))
 
-  def descriptions(self) -> Iterator[sampler_lib.EpisodeDescription]:
-    """The episode descriptions, from the start of the seeded sequence."""
-    return iter(self._new_sampler(self._seeds()[0]))
+  def descriptions(self, start: int = 0
+                  ) -> Iterator[sampler_lib.EpisodeDescription]:
+    """The episode descriptions of the seeded sequence, from episode `start`."""
+    sampler = self._new_sampler(0)
+    for index in itertools.count(start):
+      sampler.reseed(self._episode_rngs(index)[0])
+      yield sampler.sample()
 
-  def encoded_episodes(self) -> Iterator[Tuple[
+  def encoded_episodes(self, start: int = 0) -> Iterator[Tuple[
       sampler_lib.EpisodeDescription, Dict[str, np.ndarray]]]:
-    """(description, episode with encoded images), from the start.
+    """(description, episode with encoded images), from episode `start`.
 
     The episode dict has the keys of the module docstring, with
     `support_images` / `query_images` replaced by `support_bytes` /
     `query_bytes` (the encoded images, unpadded).
     """
-    record_rng = np.random.default_rng(self._seeds()[1])
     max_support, max_query = self.episode_config.max_sizes()
-    for description in self.descriptions():
+    for index, description in enumerate(self.descriptions(start), start):
+      record_rng = self._episode_rngs(index)[1]
       sets = {"support": ([], []), "query": ([], [])}
       for label, (class_id, shots, queries) in enumerate(zip(
           description.class_ids, description.num_support,
@@ -166,8 +177,8 @@ class EpisodeStream:
       return self.episode_config.max_sizes()
     return None, None
 
-  def dataset(self) -> tf.data.Dataset:
-    """The episodes as a tf.data.Dataset of dicts (module docstring)."""
+  def dataset(self, start: int = 0) -> tf.data.Dataset:
+    """The episodes from episode `start`, as a tf.data.Dataset of dicts."""
     vector = lambda dtype: tf.TensorSpec([None], dtype)
     signature = {"way": tf.TensorSpec([], tf.int32)}
     for name in ("support", "query"):
@@ -175,7 +186,7 @@ class EpisodeStream:
                         f"{name}_labels": vector(tf.int32),
                         f"{name}_class_ids": vector(tf.int32)})
     dataset = tf.data.Dataset.from_generator(
-        lambda: (episode for _, episode in self.encoded_episodes()),
+        lambda: (episode for _, episode in self.encoded_episodes(start)),
         output_signature=signature)
     height = self.data_config.image_height
     sizes = dict(zip(("support", "query"), self._static_sizes()))
@@ -206,7 +217,8 @@ def make_episode_dataset(records_root_dir: str, source: str, split,
                              sampler_lib.EpisodeDescriptionConfig] = None,
                          data_config: Optional[DataConfig] = None,
                          seed: int = 0,
-                         padding: str = "bucket") -> tf.data.Dataset:
+                         padding: str = "bucket",
+                         start: int = 0) -> tf.data.Dataset:
   """Episodes of `source`'s `split` read from `<records_root_dir>/<source>`.
 
   Args:
@@ -217,6 +229,8 @@ def make_episode_dataset(records_root_dir: str, source: str, split,
     data_config: image size and reading options; default DataConfig().
     seed: seeds the episode sequence (same seed, same episodes).
     padding: "bucket", "max" or "none" (module docstring).
+    start: index of the first episode (episode i is a function of the seed
+      and i alone, so skipping costs nothing).
   Raises:
     DataError: bad spec, split or class files (see the spec, sampler and
       reader modules); errors found while reading records are raised by the
@@ -224,4 +238,4 @@ def make_episode_dataset(records_root_dir: str, source: str, split,
   """
   spec = spec_lib.load_dataset_spec(records_root_dir, source)
   return EpisodeStream(spec, split, episode_config, data_config, seed,
-                       padding).dataset()
+                       padding).dataset(start)

@@ -368,6 +368,10 @@ class EpisodeSampler:
         num_support=tuple(int(s) for s in shots),
         num_query=(int(num_query),) * len(class_ids))
 
+  def reseed(self, seed: Union[int, np.random.Generator]) -> None:
+    """Makes the next draws come from `seed` (streams seed every episode)."""
+    self._rng = np.random.default_rng(seed)
+
   def __iter__(self):
     while True:
       yield self.sample()
