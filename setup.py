@@ -14,6 +14,7 @@ setuptools.setup(
     python_requires=">=3.9",
     install_requires=[
         "tensorflow>=2.15",
+        "tensorboard",
         "gin-config>=0.5",
         "tensorflow-datasets>=4.9",
         "numpy",

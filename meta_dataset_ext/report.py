@@ -325,31 +325,6 @@ def plot_hyperparameters(alpha, beta, layer_names: Sequence[str], path: str,
   return _save(fig, path)
 
 
-def write_scalar(name: str, data, step=None) -> tf.Tensor:
-  """`tf.summary.scalar` that needs no TensorBoard package.
-
-  TensorFlow's `tf.summary.scalar` raises TBNotInstalledError when the
-  tensorboard package is missing (tensorflow-cpu does not depend on it). This
-  writes the same record (a float32 scalar tensor tagged with the 'scalars'
-  plugin) through the core op `tf.summary.write`, so TensorBoard shows it and
-  `read_scalars` reads it. Works eagerly and inside `tf.function`.
-
-  Args:
-    name: the tag; active `tf.name_scope`s prefix it.
-    data: a real scalar, cast to float32.
-    step: int64-castable step; default `tf.summary.experimental.get_step()`.
-
-  Returns:
-    A bool tensor, True if a default writer was set and the record written.
-  """
-  metadata = tf.compat.v1.SummaryMetadata()
-  metadata.plugin_data.plugin_name = "scalars"
-  with tf.summary.experimental.summary_scope(
-      name, "scalar_summary", values=[data, step]) as (tag, _):
-    return tf.summary.write(tag, tf.cast(data, tf.float32), step=step,
-                            metadata=metadata)
-
-
 def _event_files(summary_dir: str) -> List[str]:
   """TensorBoard event files under `summary_dir`, sorted."""
   if not os.path.isdir(summary_dir):

@@ -20,13 +20,13 @@ def _assert_png(path):
     assert f.read(8) == PNG_MAGIC
 
 
-def _write_scalars(logdir, series, scalar_fn=report.write_scalar):
-  """Write {tag: [(step, value)]} with `scalar_fn` into logdir."""
+def _write_scalars(logdir, series):
+  """Write {tag: [(step, value)]} with tf.summary.scalar into logdir."""
   writer = tf.summary.create_file_writer(logdir)
   with writer.as_default():
     for tag, points in series.items():
       for step, value in points:
-        scalar_fn(tag, value, step=step)
+        tf.summary.scalar(tag, value, step=step)
   writer.close()
 
 
@@ -151,28 +151,6 @@ def test_read_scalars_round_trip(summary_dir):
   steps, values = zip(*scalars["valid/accuracy"])
   assert steps == (10, 20)
   np.testing.assert_allclose(values, [0.35, 0.5], rtol=1e-6)
-
-
-def test_read_scalars_of_tf_summary_scalar(tmp_path):
-  pytest.importorskip("tensorboard")
-  _write_scalars(str(tmp_path / "train"), {"loss": [(1, 0.5)]},
-                 scalar_fn=tf.summary.scalar)
-  assert report.read_scalars(str(tmp_path)) == {"train/loss": [(1, 0.5)]}
-
-
-def test_write_scalar_in_tf_function(tmp_path):
-  writer = tf.summary.create_file_writer(str(tmp_path))
-
-  @tf.function
-  def step_fn(step):
-    with writer.as_default(), tf.name_scope("alpha"):
-      return report.write_scalar("conv1", tf.cast(step, tf.float32) / 4,
-                                 step=step)
-
-  assert all(bool(step_fn(tf.constant(i, tf.int64))) for i in range(2))
-  writer.flush()
-  assert report.read_scalars(str(tmp_path)) == {"alpha/conv1": [(0, 0.0),
-                                                                (1, 0.25)]}
 
 
 def test_read_scalars_simple_value_at_root(tmp_path):

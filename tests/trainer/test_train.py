@@ -1,0 +1,173 @@
+"""End to end through the trainer and its CLI, tiny: 16x16 glyphs, 4 filters, few updates."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from meta_dataset_ext import gin_setup
+from meta_dataset_ext import glyphs
+from meta_dataset_ext import trainer as trainer_lib
+from tests.data import records_util
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = [
+    'DataConfig.image_height = 16',
+    'four_layer_convnet.num_filters = 4',
+    'EpisodeDescriptionConfig.max_ways_upper_bound = 6',
+    'EpisodeDescriptionConfig.max_num_query = 2',
+    'EpisodeDescriptionConfig.max_support_set_size = 12',
+    'MAMLLearner.num_update_steps = 2',
+    'Trainer.meta_batch_size = 2',
+    'Trainer.checkpoint_every = 2',
+    'Trainer.validate_every = 3',
+    'Trainer.num_validation_episodes = 3',
+    'Trainer.num_eval_episodes = 4',
+    'Trainer.log_every = 1',
+    'Trainer.show_progress = False',
+]
+
+
+@pytest.fixture(scope='module')
+def records(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('records'))
+  glyphs.ensure_glyphs(root, image_size=16, images_per_class=6)
+  records_util.make_flat_source(root, 'tiny', (8, 6, 6), [6] * 20, size=16)
+  return root
+
+
+def make_trainer(records, checkpoint_dir, config='quickstart_glyphs.gin', extra=()):
+  gin.clear_config()
+  gin_setup.parse([config], TINY + list(extra))
+  return trainer_lib.Trainer(records_root_dir=records, checkpoint_dir=str(checkpoint_dir))
+
+
+def weights(trainer):
+  return [v.numpy().copy() for v in trainer.learner.weights]
+
+
+def test_cli_trains_checkpoints_evaluates_two_sources_and_writes_reports(records, tmp_path):
+  run = tmp_path / 'run'
+  bindings = TINY + ['Trainer.num_updates = 4', "benchmark.eval_datasets = 'glyphs,tiny'"]
+  command = [sys.executable, '-m', 'meta_dataset_ext.train',
+             '--gin_config=gin/quickstart_glyphs.gin', f'--records_root_dir={records}',
+             f'--train_checkpoint_dir={run}'] + [f'--gin_bindings={b}' for b in bindings]
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, PYTHONPATH=REPO))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'glyphs' in done.stdout and 'tiny' in done.stdout
+  results = json.load(open(run / 'results' / 'results.json'))
+  assert results['learner'] == 'ALFA+fo-Proto-MAML' and results['checkpoint_step'] == 4
+  assert set(results['sources']) == {'glyphs', 'tiny'}
+  assert all(s['num_episodes'] == 4 for s in results['sources'].values())
+  for name in ('results.md', 'results.csv', 'alpha_beta_glyphs.png', 'alpha_beta_tiny.png',
+               'training_curves.png'):
+    assert os.path.getsize(run / 'results' / name) > 0, name
+  assert tf.train.latest_checkpoint(str(run)).endswith('ckpt-4')
+  assert (run / 'operative_config.gin').read_text().count('ALFAProtoMAMLLearner') >= 1
+  assert len(json.load(open(run / 'best' / 'best.json'))) >= 1
+  tags = {t for e in glob.glob(str(run / 'summaries' / 'train' / '*'))
+          for t in _tags(e)}
+  assert {'loss', 'accuracy', 'learning_rate'} <= tags
+  assert any(t.startswith('alpha/') for t in tags) and any(t.startswith('beta/') for t in tags)
+
+
+def _tags(event_file):
+  return {v.tag for e in tf.compat.v1.train.summary_iterator(event_file)
+          for v in e.summary.value}
+
+
+def test_interrupted_run_resumes_to_identical_results(records, tmp_path, monkeypatch):
+  straight = make_trainer(records, tmp_path / 'straight', extra=['Trainer.num_updates = 5'])
+  straight.train()
+  expected = weights(straight)
+
+  interrupted = make_trainer(records, tmp_path / 'resumed', extra=['Trainer.num_updates = 5'])
+  real_apply, calls = interrupted._apply, []
+
+  def apply_then_interrupt(grads):
+    calls.append(1)
+    if len(calls) == 4:  # Ctrl-C while the fourth update is being computed.
+      raise KeyboardInterrupt
+    return real_apply(grads)
+
+  monkeypatch.setattr(interrupted, '_apply', apply_then_interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    interrupted.train()
+  assert tf.train.latest_checkpoint(str(tmp_path / 'resumed')).endswith('ckpt-3')
+
+  resumed = make_trainer(records, tmp_path / 'resumed', extra=['Trainer.num_updates = 5'])
+  resumed.train()
+  assert int(resumed.step.numpy()) == 5
+  for a, b in zip(expected, weights(resumed)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert int(resumed.optimizer.iterations.numpy()) == 5
+
+
+def test_non_finite_loss_stops_restores_and_names_the_layer(records, tmp_path, monkeypatch):
+  trainer = make_trainer(records, tmp_path / 'run', extra=['Trainer.num_updates = 2'])
+  trainer.train()
+  good = weights(trainer)
+  trainer.num_updates = 4
+  rule, restore = trainer.learner.update_rule, trainer.restore
+
+  def restore_then_explode():
+    step = restore()
+    exploding = rule.g_phi.b2.numpy()
+    exploding[2] = np.inf  # alpha_hat of the third adapted tensor.
+    rule.g_phi.b2.assign(exploding)
+    return step
+
+  monkeypatch.setattr(trainer, 'restore', restore_then_explode)
+  with pytest.raises(trainer_lib.NonFiniteLossError,
+                     match=(r"update 3: .*not finite.*generated alpha: inf at layer "
+                            rf"'{rule.param_names[2]}', inner step 1.*"
+                            r"Restored the last good state")):
+    trainer.train()
+  for a, b in zip(good, weights(trainer)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('config', sorted(os.path.basename(p) for p in
+                                          glob.glob(os.path.join(REPO, 'gin', '*.gin'))))
+def test_every_config_parses_and_builds_its_learner(config, records, tmp_path):
+  gin.clear_config()
+  gin_setup.parse([config], ['DataConfig.image_height = 16',
+                             'four_layer_convnet.num_filters = 4'])
+  trainer = trainer_lib.Trainer(records_root_dir=records, checkpoint_dir=str(tmp_path),
+                                is_training=False)
+  assert trainer.learner.trainable_variables
+  assert trainer.learner.num_classes >= 5
+
+
+def test_unknown_gin_name_is_named(records):
+  gin.clear_config()
+  with pytest.raises(gin_setup.ConfigError, match='MAMLLearner.not_an_argument'):
+    gin_setup.parse(['quickstart_glyphs.gin'], ['MAMLLearner.not_an_argument = 3'])
+  with pytest.raises(gin_setup.ConfigError, match='NoSuchLearner'):
+    gin_setup.parse([], ['Trainer.train_learner_class = @NoSuchLearner'])
+  with pytest.raises(gin_setup.ConfigError, match='nothere.gin'):
+    gin_setup.parse(['nothere.gin'], [])
+
+
+def test_missing_records_folder_is_named(tmp_path):
+  gin.clear_config()
+  gin_setup.parse(['quickstart_glyphs.gin'], [])
+  missing = str(tmp_path / 'no_records')
+  with pytest.raises(FileNotFoundError, match='no_records'):
+    trainer_lib.Trainer(records_root_dir=missing, checkpoint_dir=str(tmp_path / 'c'))
+
+
+def test_cli_reports_configuration_errors_cleanly(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'meta_dataset_ext.train', '--gin_config=gin/fo_maml.gin',
+       '--gin_bindings=Trainer.no_such_flag=1', f'--records_root_dir={tmp_path}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert done.returncode != 0
+  assert 'Configuration error' in done.stderr and 'no_such_flag' in done.stderr
