@@ -30,10 +30,11 @@ import alfa_tf
 @gin.configurable('four_layer_convnet')
 def four_layer_convnet(depth_multiplier: float = 1.0, weight_decay: float = 0.0,
                        num_filters: int = 64, activation: str = 'relu',
-                       flatten_order: str = 'hwc', bn_eps: float = 1e-3,
+                       flatten_order: str = 'hwc',
                        keep_spatial_dims: bool = False, use_bounded_activation: bool = False,
                        backprop_through_moments: bool = True):
-  """Upstream's 4-CONV (64 filters x depth_multiplier, ReLU, max-pool), as an alfa_tf Conv4.
+  """Upstream's 4-CONV (64 filters x depth_multiplier, BatchNorm eps 1e-5, ReLU, max-pool 2),
+  as an alfa_tf Conv4.
 
   ``weight_decay`` is applied to the conv kernels of theta_0 in the outer loss. Upstream
   options this backbone does not implement must keep their defaults.
@@ -42,7 +43,7 @@ def four_layer_convnet(depth_multiplier: float = 1.0, weight_decay: float = 0.0,
     raise ValueError('four_layer_convnet: keep_spatial_dims, use_bounded_activation and '
                      'backprop_through_moments=False are not supported.')
   backbone = alfa_tf.Conv4(filters=int(num_filters * depth_multiplier),
-                           activation=activation, flatten_order=flatten_order, bn_eps=bn_eps)
+                           activation=activation, flatten_order=flatten_order)
   backbone.weight_decay = weight_decay
   return backbone
 

@@ -377,7 +377,7 @@ class Trainer:
              'split': self.eval_split}
     report.write_results(self.results_dir, summaries, self.learner_name, step, extra)
     self._plots(sources, diagnostics)
-    return {s.source if hasattr(s, 'source') else s['source']: s for s in summaries}
+    return {s['source']: s for s in summaries}
 
   def _plots(self, sources, diagnostics):
     names = list(self.learner.update_rule.param_names)
