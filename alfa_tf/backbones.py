@@ -87,7 +87,9 @@ def batch_norm(x, scale, offset, eps, moments=None, collect_moments=True):
   fused kernel (one op forward and backward; its second derivative is registered too).
   """
   if moments is None and not collect_moments and x.dtype != tf.float64 and x.shape.rank == 4:
-    y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, scale, offset, epsilon=eps,
+    # The fused kernel takes float32 scale and offset for float16/bfloat16 inputs.
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, tf.cast(scale, tf.float32),
+                                               tf.cast(offset, tf.float32), epsilon=eps,
                                                is_training=True)
     return y, None
   if moments is None:

@@ -63,6 +63,8 @@ class GradientLearner(tf.keras.Model):
     loss: 'cross_entropy' (classification) or 'mse' (regression).
     check_finite: fail with the inner step named when a support loss is not finite.
     seed: seeds the numpy draw of theta_0 and of the rule's meta-parameters.
+    backbone_dtype: mixed precision, e.g. 'bfloat16' or 'float16': the backbone computes in
+      it; meta-parameters, head, losses and the update rule stay in ``dtype``.
   """
 
   def __init__(self, backbone: backbones_lib.Backbone, num_classes: int,
@@ -70,7 +72,8 @@ class GradientLearner(tf.keras.Model):
                num_steps: int = 5, eval_num_steps: Optional[int] = None,
                first_order: bool = False, head: str = 'linear', query_bn: str = 'own',
                learn_init: bool = True, zero_head: bool = False, loss: str = 'cross_entropy',
-               check_finite: bool = True, seed: int = 0, dtype='float32', name=None):
+               check_finite: bool = True, seed: int = 0, dtype='float32',
+               backbone_dtype: Optional[str] = None, name=None):
     super().__init__(name=name, dtype=dtype)
     for arg, value, allowed in (('head', head, HEADS), ('loss', loss, LOSSES),
                                 ('query_bn', query_bn, QUERY_BN_MODES)):
@@ -87,6 +90,7 @@ class GradientLearner(tf.keras.Model):
     self.eval_num_steps = num_steps if eval_num_steps is None else eval_num_steps
     self.first_order, self.head, self.query_bn = first_order, head, query_bn
     self.learn_init, self.loss_name, self.check_finite = learn_init, loss, check_finite
+    self.backbone_dtype = tf.as_dtype(backbone_dtype or dtype).name
 
     rng = np.random.default_rng(seed)
     specs = backbone.param_specs()
@@ -117,9 +121,22 @@ class GradientLearner(tf.keras.Model):
     adapted = collections.OrderedDict((n, read(n)) for n in self.adapted_names)
     return adapted, {n: read(n) for n in self.fixed_names}
 
+  def features(self, params, inputs, moments=None, collect_moments=False):
+    """Backbone features, in the learner's dtype, and the BatchNorm moments used.
+
+    With a ``backbone_dtype`` (mixed precision) the backbone runs in it on cast copies of the
+    parameters; theta_0, the head and the update rule stay in the learner's dtype.
+    """
+    if self.backbone_dtype != self.dtype:
+      params = {k: tf.cast(v, self.backbone_dtype) for k, v in params.items()
+                if not k.startswith('head.')}
+      inputs = tf.cast(inputs, self.backbone_dtype)
+    features, used = self.backbone(params, inputs, moments, collect_moments)
+    return tf.cast(features, self.dtype), used
+
   def _outputs(self, params, inputs, moments=None, way=None):
     """Logits (or regression outputs) and the BatchNorm moments used."""
-    features, used = self.backbone(params, inputs, moments)
+    features, used = self.features(params, inputs, moments)
     logits = tf.matmul(features, params['head.w']) + params['head.b']
     if way is not None:
       valid = tf.range(self.num_classes) < tf.cast(way, tf.int32)
@@ -174,7 +191,7 @@ class GradientLearner(tf.keras.Model):
       query_images, query_labels = self._check_episode(query_images, query_labels, 'query', way)
     theta, fixed = self._read_theta0()
     if self.head == 'proto':
-      features, _ = self.backbone({**fixed, **theta}, support_images)
+      features, _ = self.features({**fixed, **theta}, support_images)
       theta['head.w'], theta['head.b'] = self.proto_head(features, support_labels)
 
     def support_loss(params):
@@ -187,7 +204,7 @@ class GradientLearner(tf.keras.Model):
     final = {**fixed, **adaptation.params}
     moments = None
     if self.query_bn == 'support':
-      _, moments = self.backbone(final, support_images, collect_moments=True)
+      _, moments = self.features(final, support_images, collect_moments=True)
     query_logits, _ = self._outputs(final, query_images, moments, way)
     query_loss = None if query_labels is None else self.loss_fn(query_logits, query_labels)
     return EpisodeOutput(query_logits, query_loss, adaptation)

@@ -251,3 +251,23 @@ def test_fused_float32_batch_norm_matches_the_explicit_formula(first_order, monk
   for a, b in zip(grads_fused, grads_explicit):
     scale = np.max(np.abs(b.numpy()))
     assert np.max(np.abs(a.numpy() - b.numpy())) <= 2e-3 * scale + 1e-6
+
+
+@pytest.mark.parametrize('backbone_dtype', ['bfloat16', 'float16'])
+def test_mixed_precision_keeps_meta_parameters_float32(backbone_dtype):
+  """The backbone computes in 16 bits; meta-parameters, the update rule, losses and their
+  meta-gradients stay float32 and close to the float32 run."""
+  kwargs = dict(num_steps=2, seed=0, first_order=True)
+  full = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, **kwargs)
+  mixed = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, backbone_dtype=backbone_dtype,
+                              **kwargs)
+  batch = [make_episode(0)]
+  loss_full, grads_full = full.meta_gradients(batch)
+  loss_mixed, grads_mixed = mixed.meta_gradients(batch)
+  assert all(v.dtype == tf.float32 for v in mixed.trainable_variables)
+  assert all(g.dtype == tf.float32 for g in grads_mixed)
+  assert loss_mixed.dtype == tf.float32
+  np.testing.assert_allclose(float(loss_mixed), float(loss_full), rtol=0.05)
+  cosine = [np.sum(a.numpy() * b.numpy()) / (np.linalg.norm(a.numpy()) * np.linalg.norm(
+      b.numpy()) + 1e-12) for a, b in zip(grads_full, grads_mixed) if a.shape.rank > 1]
+  assert np.median(cosine) > 0.9
