@@ -62,6 +62,8 @@ class GradientLearner(tf.keras.Model):
     zero_head: start the linear head's weight at zero (upstream's zero_fc_layer).
     loss: 'cross_entropy' (classification) or 'mse' (regression).
     check_finite: fail with the inner step named when a support loss is not finite.
+    check_inputs: assert in the graph that labels are in range and sets non-empty. XLA
+      (``tf.function(jit_compile=True)``) has no kernels for these checks: turn both off.
     seed: seeds the numpy draw of theta_0 and of the rule's meta-parameters.
     backbone_dtype: mixed precision, e.g. 'bfloat16' or 'float16': the backbone computes in
       it; meta-parameters, head, losses and the update rule stay in ``dtype``.
@@ -72,7 +74,8 @@ class GradientLearner(tf.keras.Model):
                num_steps: int = 5, eval_num_steps: Optional[int] = None,
                first_order: bool = False, head: str = 'linear', query_bn: str = 'own',
                learn_init: bool = True, zero_head: bool = False, loss: str = 'cross_entropy',
-               check_finite: bool = True, seed: int = 0, dtype='float32',
+               check_finite: bool = True, check_inputs: bool = True, seed: int = 0,
+               dtype='float32',
                backbone_dtype: Optional[str] = None, name=None):
     super().__init__(name=name, dtype=dtype)
     for arg, value, allowed in (('head', head, HEADS), ('loss', loss, LOSSES),
@@ -90,6 +93,7 @@ class GradientLearner(tf.keras.Model):
     self.eval_num_steps = num_steps if eval_num_steps is None else eval_num_steps
     self.first_order, self.head, self.query_bn = first_order, head, query_bn
     self.learn_init, self.loss_name, self.check_finite = learn_init, loss, check_finite
+    self.check_inputs = check_inputs
     self.backbone_dtype = tf.as_dtype(backbone_dtype or dtype).name
 
     rng = np.random.default_rng(seed)
@@ -167,6 +171,8 @@ class GradientLearner(tf.keras.Model):
         raise ValueError(f'{role} has {images.shape[0]} inputs but {labels.shape[0]} labels.')
       if images.shape[0] == 0:
         raise ValueError(f'The {role} set is empty.')
+    if not self.check_inputs:
+      return images, labels
     checks = [tf.debugging.assert_positive(tf.shape(images)[0],
                                            message=f'The {role} set is empty.')]
     if self.loss_name == 'cross_entropy':

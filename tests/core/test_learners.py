@@ -271,3 +271,19 @@ def test_mixed_precision_keeps_meta_parameters_float32(backbone_dtype):
   cosine = [np.sum(a.numpy() * b.numpy()) / (np.linalg.norm(a.numpy()) * np.linalg.norm(
       b.numpy()) + 1e-12) for a, b in zip(grads_full, grads_mixed) if a.shape.rank > 1]
   assert np.median(cosine) > 0.9
+
+
+@pytest.mark.parametrize('first_order,tolerance', [(True, 1e-5), (False, 1e-2)])
+def test_xla_compiled_meta_gradients_match(first_order, tolerance):
+  """jit_compile=True (XLA) needs the in-graph checks off; it computes the same step."""
+  learner = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, num_steps=2, seed=0,
+                                first_order=first_order, check_finite=False,
+                                check_inputs=False)
+  batch = [{k: tf.constant(v) for k, v in make_episode().items()}]
+  plain = tf.function(learner.meta_gradients)(batch)
+  xla = tf.function(learner.meta_gradients, jit_compile=True)(batch)
+  np.testing.assert_allclose(float(xla[0]), float(plain[0]), rtol=1e-5)
+  # Relative to the largest gradient: conv-bias gradients are round-off (BN cancels them).
+  scale = max(np.max(np.abs(a.numpy())) for a in plain[1])
+  for a, b in zip(plain[1], xla[1]):
+    assert np.max(np.abs(a.numpy() - b.numpy())) <= tolerance * scale
