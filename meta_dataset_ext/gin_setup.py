@@ -2,7 +2,8 @@
 
 Config files are self-contained (no ``include`` of relative paths), so they run from any
 working directory; a relative --gin_config path is looked up in the working directory first,
-then in the project's ``gin/`` folder.
+then in the project's ``gin/`` folder. A file's ``import meta_dataset_ext.upstream`` line (for
+upstream Meta-Dataset's trainer) registers nothing here.
 """
 import os
 from typing import Sequence
@@ -12,6 +13,7 @@ import gin
 # Imported for their @gin.configurable registrations (upstream Meta-Dataset's names).
 from meta_dataset_ext import learners  # pylint: disable=unused-import
 from meta_dataset_ext import trainer  # pylint: disable=unused-import
+from meta_dataset_ext import upstream_compat
 from meta_dataset_ext.data import pipeline  # pylint: disable=unused-import
 from meta_dataset_ext.data import sampler  # pylint: disable=unused-import
 
@@ -35,7 +37,8 @@ def resolve(path: str) -> str:
 
 
 def parse(config_files: Sequence[str], bindings: Sequence[str]) -> None:
-  """Parses the files then the bindings; unknown names raise ConfigError naming them."""
+  """Parses the files then the bindings; unknown names, and upstream-only bindings this
+  trainer cannot honour (``upstream_compat``), raise ConfigError naming them."""
   for path in config_files:
     path = resolve(path)
     try:
@@ -47,3 +50,7 @@ def parse(config_files: Sequence[str], bindings: Sequence[str]) -> None:
       gin.parse_config(binding)
     except (ValueError, KeyError, ImportError, SyntaxError) as error:
       raise ConfigError(f'in --gin_bindings {binding!r}: {error}') from error
+  try:
+    upstream_compat.check()
+  except ValueError as error:
+    raise ConfigError(str(error)) from error

@@ -1,0 +1,88 @@
+"""Builds alfa_tf learners from upstream Meta-Dataset's learner arguments (no gin here).
+
+Shared by the gin factories of ``meta_dataset_ext.learners`` (the project's trainer) and the
+upstream adapter ``meta_dataset_ext.upstream`` (upstream's trainer), so both build the same
+learner from the same configuration.
+"""
+import tensorflow as tf
+
+import alfa_tf
+
+
+def four_layer_convnet(depth_multiplier: float = 1.0, weight_decay: float = 0.0,
+                       num_filters: int = 64, activation: str = 'relu',
+                       flatten_order: str = 'hwc', keep_spatial_dims: bool = False,
+                       use_bounded_activation: bool = False,
+                       backprop_through_moments: bool = True):
+  """Upstream's 4-CONV (64 filters x depth_multiplier, BatchNorm eps 1e-5, ReLU, max-pool 2),
+  as an alfa_tf Conv4.
+
+  ``weight_decay`` is applied to the conv kernels of theta_0 in the outer loss. Upstream
+  options this backbone does not implement must keep their defaults.
+  """
+  if keep_spatial_dims or use_bounded_activation or not backprop_through_moments:
+    raise ValueError('four_layer_convnet: keep_spatial_dims, use_bounded_activation and '
+                     'backprop_through_moments=False are not supported.')
+  backbone = alfa_tf.Conv4(filters=int(num_filters * depth_multiplier),
+                           activation=activation, flatten_order=flatten_order)
+  backbone.weight_decay = weight_decay
+  return backbone
+
+
+def alfa_options(random_init=False, beta=None, alpha_mode='adaptive', beta_mode='adaptive',
+                 learning_state='both', l2f=False):
+  """ALFA's arguments (upstream-style names) as ``build_learner``'s ``alfa`` dict."""
+  return dict(random_init=random_init, beta_init=beta, alpha_mode=alpha_mode,
+              beta_mode=beta_mode, learning_state=learning_state, l2f=l2f)
+
+
+def build_learner(backbone, transductive_batch_norm=False, backprop_through_moments=True,
+                  logit_dim=5, input_shape=(84, 84, 3), num_update_steps=5,
+                  additional_evaluation_update_steps=0, first_order=True, alpha=0.01,
+                  adapt_batch_norm=False, zero_fc_layer=True, proto_maml_fc_layer_init=False,
+                  classifier_weight_decay=0.0, loss='cross_entropy', seed=0, alfa=None):
+  """An alfa_tf learner for upstream's (ALFA)MAMLLearner arguments.
+
+  ``alfa``: None for MAML's fixed-rate SGD, or ``alfa_options(...)`` for the ALFA rule.
+  ``loss``: 'cross_entropy' or 'mse' (regression). Query BatchNorm uses the support set's
+  moments unless ``transductive_batch_norm``.
+  """
+  if not backprop_through_moments:
+    raise ValueError('Learner.backprop_through_moments=False is not supported.')
+  if adapt_batch_norm:
+    raise ValueError('MAMLLearner.adapt_batch_norm=True is not supported: BatchNorm scale '
+                     'and offset are meta-parameters, not adapted in the inner loop.')
+  common = dict(
+      num_classes=logit_dim, input_shape=tuple(input_shape), num_steps=num_update_steps,
+      eval_num_steps=num_update_steps + additional_evaluation_update_steps,
+      first_order=first_order, head='proto' if proto_maml_fc_layer_init else 'linear',
+      zero_head=zero_fc_layer and not proto_maml_fc_layer_init,
+      query_bn='own' if transductive_batch_norm else 'support', loss=loss, seed=seed)
+  if alfa is None:
+    learner = alfa_tf.MAMLLearner(backbone, alpha=alpha, **common)
+  else:
+    rule_kwargs = {k: v for k, v in alfa.items() if k != 'random_init'}
+    learner = alfa_tf.ALFALearner(backbone, random_init=alfa['random_init'],
+                                  alfa_kwargs=dict(alpha_init=alpha, **rule_kwargs), **common)
+  learner.display_name = _display_name(alfa, first_order, proto_maml_fc_layer_init)
+  # Outer-loss L2 weights: the backbone's kernels, and the linear head's weight.
+  learner.l2_weights = {name: getattr(backbone, 'weight_decay', 0.0)
+                        for name in learner.theta0.names if name.endswith('.w')}
+  if 'head.w' in learner.l2_weights:
+    learner.l2_weights['head.w'] = classifier_weight_decay
+  return learner
+
+
+def _display_name(alfa, first_order, proto):
+  """'fo-Proto-MAML', 'ALFA+fo-MAML', 'ALFA+Random+MAML', ... (for tables and plots)."""
+  name = ('fo-' if first_order else '') + ('Proto-MAML' if proto else 'MAML')
+  if alfa is None:
+    return name
+  return ('ALFA+Random+' if alfa['random_init'] else 'ALFA+') + name
+
+
+def outer_regularizer(learner) -> tf.Tensor:
+  """sum_w weight_decay_w * ||w||^2 / 2 over theta_0 (upstream's L2 on the embedding)."""
+  terms = [decay * tf.nn.l2_loss(learner.theta0[name])
+           for name, decay in getattr(learner, 'l2_weights', {}).items() if decay]
+  return tf.add_n(terms) if terms else tf.constant(0.0, learner.dtype)

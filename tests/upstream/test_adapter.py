@@ -1,0 +1,79 @@
+"""The ALFA learners for upstream Meta-Dataset's trainer (``meta_dataset_ext.upstream_learners``).
+
+Skipped where upstream is not importable (as in CI). Everything that imports upstream runs in
+a fresh interpreter (``adapter_checks``): upstream's gin names would clash with the project's.
+"""
+import functools
+import importlib.util
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from meta_dataset_ext import learners
+from tests.upstream.episodes import LOGIT_DIM, MAML_ARGS, SHAPE, episode_arrays
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_python(*args):
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+
+
+@functools.lru_cache(maxsize=None)
+def upstream_unavailable():
+  """Why upstream cannot be imported here (None if it can)."""
+  if importlib.util.find_spec('meta_dataset') is None:
+    return 'upstream Meta-Dataset (meta_dataset) is not installed'
+  done = run_python('-c', 'from meta_dataset_ext import upstream_train; '
+                    'upstream_train.install_shims(); import meta_dataset.trainer')
+  if done.returncode:
+    return 'upstream Meta-Dataset does not import: ' + done.stderr.strip().splitlines()[-1]
+  return None
+
+
+@pytest.fixture(autouse=True)
+def upstream():
+  reason = upstream_unavailable()
+  if reason:
+    pytest.skip(reason)
+
+
+def run_check(*args):
+  done = run_python('-m', 'tests.upstream.adapter_checks', *args)
+  assert done.returncode == 0 and done.stdout.strip().endswith('ok'), done.stderr[-4000:]
+
+
+def test_train_and_eval_learners_share_save_and_restore_every_meta_parameter():
+  run_check('shared_saved_restored')
+
+
+def test_same_weights_and_episode_give_the_project_learners_query_logits(tmp_path):
+  path = str(tmp_path / 'graph.npz')
+  run_check('graph_logits', path)
+  graph = np.load(path)
+  gin.clear_config()
+  created = []
+
+  def record(next_creator, **kwargs):
+    variable = next_creator(**kwargs)
+    if variable.dtype.is_floating:  # Not Keras 2's int64 step counters.
+      created.append(variable)
+    return variable
+
+  with tf.variable_creator_scope(record):  # The project's learner, eager.
+    learner = learners.alfa_proto_maml_learner(logit_dim=LOGIT_DIM, input_shape=SHAPE,
+                                               **MAML_ARGS)
+  assert len(created) == len([k for k in graph if k.startswith('weight_')])
+  for i, variable in enumerate(created):
+    variable.assign(graph[f'weight_{i}'])
+  arrays = episode_arrays(seed=1)
+  for training, key in ((True, 'train_logits'), (False, 'eval_logits')):
+    output = learner.forward_episode(arrays['support_images'], arrays['support_labels'],
+                                     arrays['query_images'], way=3, training=training)
+    np.testing.assert_allclose(output.query_logits.numpy()[:, :3], graph[key], atol=1e-5)
