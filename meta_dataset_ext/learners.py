@@ -54,6 +54,17 @@ def resnet(weight_decay: float = 0.0, channels: Sequence[int] = (64, 128, 256, 5
   return backbone
 
 
+@gin.configurable('mlp')
+def mlp(hidden: Sequence[int] = (40, 40), activation: str = 'relu', in_features: int = 1,
+        weight_decay: float = 0.0):
+  """Fully connected ReLU layers of ``hidden`` units (the linear output layer is the
+  learner's head): 2x40 and 3x80 are the sinusoid regression networks of MAML and ALFA
+  (section 4.5, Table 8)."""
+  backbone = alfa_tf.MLP(hidden=hidden, in_features=in_features, activation=activation)
+  backbone.weight_decay = weight_decay
+  return backbone
+
+
 @gin.configurable('Learner')
 def learner_options(embedding_fn: Callable = four_layer_convnet,
                     transductive_batch_norm: bool = False,

@@ -78,6 +78,13 @@ def format_accuracy(mean: float, ci95: float) -> str:
   return f"{100 * mean:.2f} ± {100 * ci95:.2f}"
 
 
+# metric -> (column title, format of 'mean ± ci95', whether higher is better).
+_METRICS = {
+    "accuracy": ("accuracy (%)", format_accuracy, True),
+    "mse": ("MSE", lambda mean, ci95: f"{mean:.3f} ± {ci95:.3f}", False),
+}
+
+
 def _atomic_write(path: str, text: str) -> None:
   """Write `text` to `path` through a temporary file and os.replace."""
   directory = os.path.dirname(os.path.abspath(path))
@@ -114,13 +121,14 @@ def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def results_markdown(summaries: Sequence[Summary], learner: str,
-                     checkpoint_step: int) -> str:
-  """The markdown of `results.md`: a title and source | accuracy | episodes."""
-  rows = [[s["source"], format_accuracy(s["mean"], s["ci95"]),
+                     checkpoint_step: int, metric: str = "accuracy") -> str:
+  """The markdown of `results.md`: a title and source | metric | episodes."""
+  title, fmt, _ = _METRICS[metric]
+  rows = [[s["source"], fmt(s["mean"], s["ci95"]),
            str(s["num_episodes"])] for s in summaries]
-  table = _markdown_table(["source", "accuracy (%)", "episodes"], rows)
+  table = _markdown_table(["source", title, "episodes"], rows)
   return (f"# {learner} at step {checkpoint_step}\n\n"
-          "Mean accuracy over test episodes ± 95% confidence interval.\n\n"
+          f"Mean {metric} over test episodes ± 95% confidence interval.\n\n"
           + table)
 
 
@@ -136,8 +144,8 @@ def _results_csv(summaries: Sequence[Summary]) -> str:
 
 def write_results(out_dir: str, summaries: Sequence[Summary], learner: str,
                   checkpoint_step: int,
-                  extra: Optional[Mapping[str, object]] = None
-                  ) -> Dict[str, str]:
+                  extra: Optional[Mapping[str, object]] = None,
+                  metric: str = "accuracy") -> Dict[str, str]:
   """Write results.md, results.csv and results.json into `out_dir`.
 
   Each file is written atomically (temporary file + os.replace), so a reader
@@ -149,7 +157,8 @@ def write_results(out_dir: str, summaries: Sequence[Summary], learner: str,
     learner: learner name, e.g. 'ALFA+fo-Proto-MAML'.
     checkpoint_step: the global step of the evaluated checkpoint.
     extra: more top-level JSON entries (e.g. gin files, ensemble steps); they
-      must not be named 'learner', 'checkpoint_step' or 'sources'.
+      must not be named 'learner', 'checkpoint_step', 'sources' or 'metric'.
+    metric: 'accuracy' (fractions, shown in percent) or 'mse' (regression).
 
   Returns:
     {"markdown": path, "csv": path, "json": path}.
@@ -162,6 +171,7 @@ def write_results(out_dir: str, summaries: Sequence[Summary], learner: str,
       "sources": {source: {"mean", "ci95", "num_episodes"}}, **extra}.
   """
   record = {"learner": learner, "checkpoint_step": int(checkpoint_step),
+            "metric": metric,
             "sources": {s["source"]: {k: s[k] for k in _CSV_FIELDS[1:]}
                         for s in summaries}}
   clash = set(record) & set(extra or {})
@@ -173,7 +183,7 @@ def write_results(out_dir: str, summaries: Sequence[Summary], learner: str,
            "csv": os.path.join(out_dir, "results.csv"),
            "json": os.path.join(out_dir, "results.json")}
   _atomic_write(paths["markdown"],
-                results_markdown(summaries, learner, checkpoint_step))
+                results_markdown(summaries, learner, checkpoint_step, metric))
   _atomic_write(paths["csv"], _results_csv(summaries))
   _atomic_write(paths["json"], json.dumps(record, indent=2) + "\n")
   return paths
@@ -195,14 +205,15 @@ def _common_sources(results: Mapping[str, Sequence[Summary]]) -> List[str]:
 
 
 def _marked_row(label: str, cells: Sequence[Optional[Tuple[float, str]]],
-                mark, plain) -> List[str]:
-  """A table row: `label`, then each (mean, text), `mark` on the best mean.
+                mark, plain, best_of=max) -> List[str]:
+  """A table row: `label`, then each (mean, text), `mark` on the best mean
+  (`best_of` the means: max, or min for errors).
 
   Cells that are not the best (and missing ones) go through `plain`; a row
   with fewer than two values marks none.
   """
   means = [c[0] for c in cells if c is not None]
-  best = max(means) if len(means) > 1 else None
+  best = best_of(means) if len(means) > 1 else None
   row = [label]
   for cell in cells:
     if cell is None:
@@ -220,7 +231,7 @@ _TABLE_STYLES = {
 
 
 def comparison_table(results: Mapping[str, Sequence[Summary]],
-                     fmt: str = "markdown") -> str:
+                     fmt: str = "markdown", metric: str = "accuracy") -> str:
   """Learners side by side: one row per source, one column per learner.
 
   Cells are 'mean ± ci95' in percent; the best mean of each row is marked
@@ -232,6 +243,7 @@ def comparison_table(results: Mapping[str, Sequence[Summary]],
   Args:
     results: learner name -> output of `summarize`, in column order.
     fmt: 'markdown' or 'text'.
+    metric: 'accuracy' (percent, higher is better) or 'mse' (lower is better).
 
   Returns:
     The table as a string ending in a newline.
@@ -239,6 +251,8 @@ def comparison_table(results: Mapping[str, Sequence[Summary]],
   if fmt not in _TABLE_STYLES:
     raise ValueError(f"fmt must be 'markdown' or 'text', got {fmt!r}")
   mark, plain, render = _TABLE_STYLES[fmt]
+  _, format_value, higher_is_better = _METRICS[metric]
+  best_of = max if higher_is_better else min
   by_learner = {learner: {s["source"]: s for s in summaries}
                 for learner, summaries in results.items()}
   rows = []
@@ -247,15 +261,16 @@ def comparison_table(results: Mapping[str, Sequence[Summary]],
     for table in by_learner.values():
       s = table.get(source)
       cells.append(None if s is None else
-                   (s["mean"], format_accuracy(s["mean"], s["ci95"])))
-    rows.append(_marked_row(source, cells, mark, plain))
+                   (s["mean"], format_value(s["mean"], s["ci95"])))
+    rows.append(_marked_row(source, cells, mark, plain, best_of))
   common = _common_sources(results)
   if common:
     averages = [float(np.mean([table[src]["mean"] for src in common]))
                 for table in by_learner.values()]
+    scale = 100 if metric == "accuracy" else 1
     rows.append(_marked_row(f"average ({len(common)} sources)",
-                            [(a, f"{100 * a:.2f}") for a in averages], mark,
-                            plain))
+                            [(a, f"{scale * a:.2f}") for a in averages], mark,
+                            plain, best_of))
   return render(["source"] + list(results), rows)
 
 

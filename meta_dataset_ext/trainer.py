@@ -1,22 +1,28 @@
-"""Meta-training and evaluation of alfa_tf learners on Meta-Dataset records.
+"""Meta-training and evaluation of alfa_tf learners on Meta-Dataset records or synthetic tasks.
 
 ``Trainer`` takes upstream Meta-Dataset's gin arguments (``Trainer.*``, ``benchmark.*``) so
 the same config files run here and under upstream's trainer, plus a few of its own
 (``meta_batch_size``, ``seed``, ``keep_best``, ``ensemble_top_k``, ``num_validation_episodes``).
 
+A source is read from ``records_root_dir`` unless ``meta_dataset_ext.data.sinusoid.source``
+knows its name (e.g. 'sinusoid': few-shot regression, configured by ``SinusoidTasks.*``). The
+sources fix the ``TaskFormat``: the learner's input shape, outputs and loss, and the metric
+(classification: accuracy, higher is better; regression: MSE, lower is better) that
+validation, the best checkpoints and the results use.
+
 A run writes everything to disk:
   <checkpoint_dir>/ckpt-*            latest checkpoints: learner, Adam state, update counter
                                      (the data position is a function of it: exact resume)
-  <checkpoint_dir>/best/             the best checkpoints by validation accuracy (best.json)
+  <checkpoint_dir>/best/             the best checkpoints by the validation metric (best.json)
   <checkpoint_dir>/operative_config.gin  the gin configuration in force
-  <summary_dir>/train, /valid        TensorBoard scalars: loss, accuracy, learning rate, and
+  <summary_dir>/train, /valid        TensorBoard scalars: loss, the metric, learning rate, and
                                      ALFA's generated alpha / beta per layer and inner step
   <results_dir>/results.{md,csv,json}, alpha_beta_<source>.png, training_curves.png
 """
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
@@ -27,6 +33,7 @@ from meta_dataset_ext import learners as learners_lib
 from meta_dataset_ext import report
 from meta_dataset_ext.data import pipeline
 from meta_dataset_ext.data import sampler as sampler_lib
+from meta_dataset_ext.data import sinusoid
 
 TEN_SOURCES = ('ilsvrc_2012', 'omniglot', 'aircraft', 'cu_birds', 'dtd', 'quickdraw', 'fungi',
                'vgg_flower', 'traffic_sign', 'mscoco')
@@ -47,6 +54,24 @@ def benchmark(train_datasets: str = '', eval_datasets: str = '',
                      'restrict_num_per_class are not supported.')
   split = lambda names: [n.strip() for n in names.split(',') if n.strip()]
   return split(train_datasets), split(eval_datasets)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFormat:
+  """What the sources fix: the learner's input shape, number of outputs and loss, and the
+  episodes' TensorSpecs. The metric follows from the loss."""
+  input_shape: Tuple[int, ...]
+  logit_dim: int
+  loss: str
+  signature: Dict[str, tf.TensorSpec]
+
+  @property
+  def metric(self) -> str:
+    return 'accuracy' if self.loss == 'cross_entropy' else 'mse'
+
+  def better(self, a: float, b: float) -> bool:
+    """Whether metric value ``a`` is better than ``b``."""
+    return a > b if self.metric == 'accuracy' else a < b
 
 
 def _episode_signature(image_height: int):
@@ -125,7 +150,8 @@ class Trainer:
     if is_training and not self.train_sources:
       raise ValueError('No training source: bind benchmark.train_datasets.')
     self.records_root_dir = records_root_dir
-    if not os.path.isdir(records_root_dir):
+    synthetic = [sinusoid.source(s) for s in self.train_sources + self.eval_sources]
+    if not all(synthetic) and not os.path.isdir(records_root_dir):
       raise FileNotFoundError(f'Records folder {records_root_dir!r} (--records_root_dir) does '
                               'not exist.')
     self.num_updates, self.num_eval_episodes = num_updates, num_eval_episodes
@@ -141,10 +167,10 @@ class Trainer:
     self.data_config = data_config or pipeline.DataConfig()
     self.train_episode_config = train_episode_config or sampler_lib.EpisodeDescriptionConfig()
     self.eval_episode_config = eval_episode_config or self.train_episode_config
-    height = self.data_config.image_height
-    logit_dim = max(self.train_episode_config.max_ways, self.eval_episode_config.max_ways)
-    self.learner = train_learner_class(is_training=True, logit_dim=logit_dim,
-                                       input_shape=(height, height, 3), seed=seed)
+    self.format = self._task_format(synthetic)
+    self.learner = train_learner_class(is_training=True, logit_dim=self.format.logit_dim,
+                                       input_shape=self.format.input_shape,
+                                       loss=self.format.loss, seed=seed)
     self.learner.check_finite = False  # The trainer checks and reports non-finite values.
     self.learner_name = getattr(self.learner, 'display_name', type(self.learner).__name__)
     schedule = learning_rate
@@ -157,20 +183,35 @@ class Trainer:
     self.checkpoint = tf.train.Checkpoint(learner=self.learner, optimizer=self.optimizer,
                                           step=self.step)
     self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir, max_to_keep=3)
-    self._compile(height)
+    self._compile()
+
+  def _task_format(self, synthetic) -> TaskFormat:
+    """Records sources: images of DataConfig.image_height, up to max_ways classes; synthetic
+    sources: what the (one kind of) generator declares."""
+    if not any(synthetic):
+      height = self.data_config.image_height
+      return TaskFormat((height, height, 3), max(self.train_episode_config.max_ways,
+                                                 self.eval_episode_config.max_ways),
+                        'cross_entropy', _episode_signature(height))
+    if not all(synthetic) or len({type(t) for t in synthetic}) > 1:
+      raise ValueError('Records sources and synthetic sources (or different synthetic '
+                       f'ones) cannot be mixed: {self.train_sources + self.eval_sources}.')
+    tasks = synthetic[0]
+    return TaskFormat(tasks.input_shape, tasks.output_dim, tasks.loss, tasks.signature())
 
   # ----- compiled steps ---------------------------------------------------------------------
 
-  def _compile(self, height):
-    episode = _episode_signature(height)
+  def _compile(self):
+    episode = self.format.signature
     batch_signature = [[episode] * self.meta_batch_size]
+    metric = _METRICS[self.format.metric]
 
     def outputs_and_metrics(batch, training):
       outs = [self.learner.episode_output(ep, training) for ep in batch]
       loss = tf.add_n([o.query_loss for o in outs]) / len(outs)
-      accuracy = tf.add_n([_accuracy(o.query_logits, ep['query_labels'])
-                           for o, ep in zip(outs, batch)]) / len(outs)
-      metrics = {'loss': loss, 'accuracy': accuracy,
+      value = tf.add_n([metric(o.query_logits, ep['query_labels'])
+                        for o, ep in zip(outs, batch)]) / len(outs)
+      metrics = {'loss': loss, self.format.metric: value,
                  'support_loss_first': tf.add_n([o.adaptation.losses[0] for o in outs]) / len(
                      outs),
                  'support_loss_last': tf.add_n([o.adaptation.losses[-1] for o in outs]) / len(
@@ -206,6 +247,10 @@ class Trainer:
   # ----- data -------------------------------------------------------------------------------
 
   def _episodes(self, source, split, config, seed, start=0):
+    """Episode ``start`` on of a synthetic source or of a source's records."""
+    synthetic = sinusoid.source(source)
+    if synthetic:
+      return synthetic.dataset(split, seed, start)
     dataset = pipeline.make_episode_dataset(self.records_root_dir, source, split, config,
                                             self.data_config, seed, padding='none',
                                             start=start)
@@ -254,12 +299,11 @@ class Trainer:
         done = update + 1
         progress.update(1)
         if done % self.log_every == 0 or done == self.num_updates:
-          progress.set_postfix(loss=f'{float(metrics["loss"]):.3f}',
-                               acc=f'{float(metrics["accuracy"]):.3f}')
+          progress.set_postfix(loss=f'{float(metrics["loss"]):.3f}')
           self._summaries(writers['train'], metrics, done)
         if done % self.validate_every == 0 or done == self.num_updates:
-          accuracy = self.validate(writers['valid'], done)
-          progress.write(f'update {done}: validation accuracy {100 * accuracy:.2f}%')
+          value = self.validate(writers['valid'], done)
+          progress.write(f'update {done}: validation {self.format.metric} {value:.4f}')
         if done % self.checkpoint_every == 0 or done == self.num_updates:
           self.manager.save(checkpoint_number=done)
     except KeyboardInterrupt:
@@ -302,32 +346,36 @@ class Trainer:
     writer.flush()
 
   def validate(self, writer, step) -> float:
-    """Mean accuracy over the VALID split of the training sources; keeps the best
+    """The mean metric over the VALID split of the training sources; keeps the best
     checkpoints."""
-    accuracies = []
+    values = []
     per_source = max(1, self.num_validation_episodes // len(self.train_sources))
     for k, source in enumerate(self.train_sources):
       episodes = self._episodes(source, 'VALID', self.eval_episode_config, self.seed + 1000 + k)
       for episode in episodes.take(per_source):
         _, metrics = self._evaluate_batch([episode])
-        accuracies.append(float(metrics['accuracy']))
-    accuracy = float(np.mean(accuracies))
+        values.append(float(metrics[self.format.metric]))
+    value = float(np.mean(values))
     with writer.as_default(step=step):
-      tf.summary.scalar('accuracy', accuracy)
+      tf.summary.scalar(self.format.metric, value)
     writer.flush()
-    self._keep_if_best(accuracy, step)
-    return accuracy
+    self._keep_if_best(value, step)
+    return value
 
-  def _keep_if_best(self, accuracy, step):
+  def _keep_if_best(self, value, step):
+    """Writes a best checkpoint if ``value`` is among the ``keep_best`` best validation
+    values so far (a non-finite value never is)."""
     best_dir = os.path.join(self.checkpoint_dir, 'best')
     os.makedirs(best_dir, exist_ok=True)
     index_path = os.path.join(best_dir, 'best.json')
     best = _read_json(index_path, [])
-    if len(best) >= self.keep_best and accuracy <= min(b['accuracy'] for b in best):
+    metric = self.format.metric
+    if not np.isfinite(value) or (len(best) >= self.keep_best and
+                                  not self.format.better(value, best[-1][metric])):
       return
     path = self.checkpoint.write(os.path.join(best_dir, f'ckpt-{step}'))
-    best = sorted(best + [{'accuracy': accuracy, 'step': step, 'path': os.path.basename(path)}],
-                  key=lambda b: -b['accuracy'])
+    best = sorted(best + [{metric: value, 'step': step, 'path': os.path.basename(path)}],
+                  key=lambda b: b[metric], reverse=metric == 'accuracy')
     for dropped in best[self.keep_best:]:
       for name in tf.io.gfile.glob(os.path.join(best_dir, dropped['path'] + '*')):
         tf.io.gfile.remove(name)
@@ -345,8 +393,9 @@ class Trainer:
   # ----- evaluation -------------------------------------------------------------------------
 
   def evaluate(self, sources: Optional[Sequence[str]] = None) -> Dict[str, dict]:
-    """Accuracy and 95% CI on ``num_eval_episodes`` episodes of ``eval_split`` per source,
-    with the latest checkpoint or the ensemble of the best ones; writes tables and plots."""
+    """The metric and its 95% CI on ``num_eval_episodes`` episodes of ``eval_split`` per
+    source, with the latest checkpoint or the ensemble of the best ones (mean of their
+    outputs); writes tables and plots."""
     sources = list(sources or self.eval_sources)
     checkpoints = [self.checkpoint_to_restore or self.manager.latest_checkpoint]
     if self.ensemble_top_k > 1:
@@ -369,13 +418,15 @@ class Trainer:
           for symbol in ('alpha', 'beta'):
             if symbol in metrics:
               diagnostics.setdefault((source, symbol), []).append(metrics[symbol].numpy())
-    per_source = {s: [float(np.mean(np.argmax(logits[(s, i)], -1) == labels[(s, i)]))
+    metric = _METRICS[self.format.metric]
+    per_source = {s: [float(metric(logits[(s, i)] / len(checkpoints), labels[(s, i)]))
                       for i in range(self.num_eval_episodes)] for s in sources}
     summaries = report.summarize(per_source)
     step = int(self.step.numpy())
     extra = {'checkpoints': [os.path.basename(c) for c in checkpoints],
              'split': self.eval_split}
-    report.write_results(self.results_dir, summaries, self.learner_name, step, extra)
+    report.write_results(self.results_dir, summaries, self.learner_name, step, extra,
+                         metric=self.format.metric)
     self._plots(sources, diagnostics)
     return {s['source']: s for s in summaries}
 
@@ -398,6 +449,14 @@ class Trainer:
 def _accuracy(logits, labels):
   return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
                                 tf.float32))
+
+
+def _mean_squared_error(outputs, targets):
+  return tf.reduce_mean(tf.square(tf.reshape(outputs, [-1]) - targets))
+
+
+# Per-episode metric of (outputs, labels), on tensors or numpy arrays.
+_METRICS = {'accuracy': _accuracy, 'mse': _mean_squared_error}
 
 
 def _learning_rate(optimizer):
