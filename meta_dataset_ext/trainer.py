@@ -69,9 +69,13 @@ class TaskFormat:
   def metric(self) -> str:
     return 'accuracy' if self.loss == 'cross_entropy' else 'mse'
 
+  @property
+  def higher_is_better(self) -> bool:
+    return self.metric == 'accuracy'
+
   def better(self, a: float, b: float) -> bool:
     """Whether metric value ``a`` is better than ``b``."""
-    return a > b if self.metric == 'accuracy' else a < b
+    return a > b if self.higher_is_better else a < b
 
 
 def _episode_signature(image_height: int):
@@ -375,7 +379,7 @@ class Trainer:
       return
     path = self.checkpoint.write(os.path.join(best_dir, f'ckpt-{step}'))
     best = sorted(best + [{metric: value, 'step': step, 'path': os.path.basename(path)}],
-                  key=lambda b: b[metric], reverse=metric == 'accuracy')
+                  key=lambda b: b[metric], reverse=self.format.higher_is_better)
     for dropped in best[self.keep_best:]:
       for name in tf.io.gfile.glob(os.path.join(best_dir, dropped['path'] + '*')):
         tf.io.gfile.remove(name)
