@@ -31,6 +31,15 @@ def make_strategy(kind: str = 'default', devices: Optional[List[str]] = None):
   raise ValueError(f'make_strategy.kind must be one of {STRATEGIES}, got {kind!r}.')
 
 
+def is_chief(strategy) -> bool:
+  """Whether this process writes checkpoints, summaries and results (worker 0, or alone)."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return True
+  return resolver.task_type == 'chief' or (resolver.task_type == 'worker' and
+                                           resolver.task_id == 0)
+
+
 def split_meta_batch(episodes: List[dict], num_replicas: int) -> List[List[dict]]:
   """Episodes i, i + R, i + 2R, ... go to replica i; every replica gets as many."""
   if len(episodes) % num_replicas:

@@ -22,6 +22,7 @@ A run writes everything to disk:
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import gin
@@ -29,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
+from meta_dataset_ext import distribute as distribute_lib
 from meta_dataset_ext import learners as learners_lib
 from meta_dataset_ext import report
 from meta_dataset_ext.data import pipeline
@@ -103,6 +105,10 @@ class Trainer:
     ensemble_top_k: evaluate the logits averaged over this many best checkpoints (the ALFA
       paper's protocol: 5); 0 or 1 evaluates the latest (or checkpoint_to_restore).
     seed: seeds the learner's initialisation and every episode stream.
+    strategy: 'default', 'mirrored' (all GPUs of this machine) or 'multi_worker' (machines
+      described by TF_CONFIG), see ``meta_dataset_ext.distribute``; upstream's
+      ``distribute = True`` means 'mirrored'. The meta-batch is split across replicas; only
+      the chief worker writes checkpoints, summaries and results.
     results_dir: where evaluation writes its tables and plots (default <checkpoint_dir>/results).
   """
 
@@ -123,14 +129,15 @@ class Trainer:
                distribute: bool = False, enable_tf_optimizations: bool = True,
                meta_batch_size: int = 1, num_validation_episodes: Optional[int] = None,
                keep_best: int = 5, ensemble_top_k: int = 0, seed: int = 0,
-               results_dir: Optional[str] = None, show_progress: bool = True):
+               results_dir: Optional[str] = None, show_progress: bool = True,
+               strategy: Optional[str] = None):
     del batch_size, experiment_name, omit_from_saving_and_reloading, enable_tf_optimizations
     unsupported = dict(normalized_gradient_descent=normalized_gradient_descent,
                        pretrained_source=pretrained_source != 'scratch',
                        restrict_classes=restrict_classes,
                        restrict_num_per_class=restrict_num_per_class,
                        eval_finegrainedness=eval_finegrainedness,
-                       eval_imbalance_dataset=eval_imbalance_dataset, distribute=distribute)
+                       eval_imbalance_dataset=eval_imbalance_dataset)
     for name, value in unsupported.items():
       if value:
         raise ValueError(f'Trainer.{name} is not supported by this trainer.')
@@ -172,6 +179,23 @@ class Trainer:
     self.train_episode_config = train_episode_config or sampler_lib.EpisodeDescriptionConfig()
     self.eval_episode_config = eval_episode_config or self.train_episode_config
     self.format = self._task_format(synthetic)
+    self.strategy = distribute_lib.make_strategy(strategy or
+                                                 ('mirrored' if distribute else 'default'))
+    self.is_chief = distribute_lib.is_chief(self.strategy)
+    self.restore_dir = checkpoint_dir  # Every worker resumes from the chief's checkpoints.
+    if not self.is_chief:  # Other workers write to a scratch folder nobody reads.
+      checkpoint_dir = self.checkpoint_dir = tempfile.mkdtemp(prefix='worker_')
+      self.summary_dir = os.path.join(checkpoint_dir, 'summaries')
+      self.results_dir = os.path.join(checkpoint_dir, 'results')
+    with self.strategy.scope():
+      self._build_model(train_learner_class, seed, learning_rate, decay_learning_rate,
+                        decay_every, decay_rate)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir, max_to_keep=3)
+    self._compile()
+
+  def _build_model(self, train_learner_class, seed, learning_rate, decay_learning_rate,
+                   decay_every, decay_rate):
+    """The learner, Adam with upstream's learning-rate decay, the update counter."""
     self.learner = train_learner_class(is_training=True, logit_dim=self.format.logit_dim,
                                        input_shape=self.format.input_shape,
                                        loss=self.format.loss, seed=seed)
@@ -183,11 +207,10 @@ class Trainer:
           learning_rate, decay_every, decay_rate, staircase=True)
     self.optimizer = tf.keras.optimizers.Adam(schedule)
     self.optimizer.build(self.learner.trainable_variables)
-    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='update')
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='update',
+                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     self.checkpoint = tf.train.Checkpoint(learner=self.learner, optimizer=self.optimizer,
                                           step=self.step)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir, max_to_keep=3)
-    self._compile()
 
   def _task_format(self, synthetic) -> TaskFormat:
     """Records sources: images of DataConfig.image_height, up to max_ways classes; synthetic
@@ -246,6 +269,19 @@ class Trainer:
 
     self._gradients = tf.function(gradients, input_signature=batch_signature)
     self._apply = tf.function(apply)
+
+    def replica_objective(learner, episodes, global_batch_size):
+      """A replica's share: its episodes' part of the means, 1/R of the regulariser."""
+      _, metrics = outputs_and_metrics(episodes, True)
+      share = len(episodes) / global_batch_size
+      metrics = {k: v * share for k, v in metrics.items()}
+      regularizer = learners_lib.outer_regularizer(learner)
+      return (metrics['loss'] + regularizer / self.strategy.num_replicas_in_sync), metrics
+
+    if self.strategy.num_replicas_in_sync > 1:
+      self._distributed_step = distribute_lib.DistributedMetaStep(
+          self.strategy, self.learner, self.optimizer, replica_objective,
+          self.meta_batch_size)
     self._evaluate_batch = tf.function(evaluate, input_signature=[[episode]])
 
   # ----- data -------------------------------------------------------------------------------
@@ -278,7 +314,7 @@ class Trainer:
 
   def restore(self) -> int:
     """Restores ``checkpoint_to_restore`` or the latest checkpoint; returns the update."""
-    path = self.checkpoint_to_restore or self.manager.latest_checkpoint
+    path = self.checkpoint_to_restore or tf.train.latest_checkpoint(self.restore_dir)
     if path:
       self.checkpoint.restore(path).assert_existing_objects_matched()
     return int(self.step.numpy())
@@ -296,10 +332,7 @@ class Trainer:
     metrics = {}
     try:
       for update in range(start, self.num_updates):
-        grads, metrics, finite = self._gradients(next(batches))
-        if not bool(finite):
-          self._non_finite(update, metrics)
-        self._apply(grads)
+        metrics = self._update(next(batches), update)
         done = update + 1
         progress.update(1)
         if done % self.log_every == 0 or done == self.num_updates:
@@ -317,6 +350,25 @@ class Trainer:
     finally:
       progress.close()
     return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+  def _update(self, batch, update):
+    """One outer update (on one device, or split across the strategy's replicas).
+
+    A non-finite loss or gradient stops training: on one device before the update is applied;
+    distributed, right after (all replicas apply together); either way the last good state is
+    restored from the latest checkpoint.
+    """
+    if self.strategy.num_replicas_in_sync == 1:
+      grads, metrics, finite = self._gradients(batch)
+      if not bool(finite):
+        self._non_finite(update, metrics)
+      self._apply(grads)
+      return metrics
+    objective, metrics = self._distributed_step(batch)
+    if not np.isfinite(float(objective)):
+      self._non_finite(update, metrics)
+    self.step.assign_add(1)
+    return metrics
 
   def _non_finite(self, update, metrics):
     """Restores the last good state and raises an error that says where it happened."""

@@ -74,3 +74,17 @@ def test_meta_batch_must_divide_among_replicas():
 def test_unknown_strategy_is_named():
   with pytest.raises(ValueError, match='make_strategy.kind'):
     distribute.make_strategy('tpu')
+
+
+def test_trainer_with_mirrored_strategy_trains_and_checkpoints_like_one_device(tmp_path):
+  results = {}
+  for kind in ('default', 'mirrored'):
+    done = subprocess.run(
+        [sys.executable, '-m', 'tests.distribute.trainer_run', kind, str(tmp_path / kind)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2'))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results[kind] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert os.path.exists(tmp_path / kind / 'ckpt-4.index')
+  assert results['mirrored']['replicas'] == 2 and results['mirrored']['update'] == 4
+  np.testing.assert_allclose(results['mirrored']['loss'], results['default']['loss'], rtol=1e-3)
