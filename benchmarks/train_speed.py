@@ -50,10 +50,12 @@ def main():
   args = parser.parse_args()
   tf.get_logger().setLevel('WARNING')
   glyphs.ensure_glyphs(args.records_root_dir, image_size=84)
-  rows = [measure(c, args.records_root_dir, args.updates, args.warmup) for c in CONFIGS]
-  print(f'{"learner":22s} {"updates/s":>10s} {"CPU cores busy":>15s}')
-  for name, rate, cores in rows:
-    print(f'{name:22s} {rate:10.3f} {cores:15.2f}')
+  print(f'{"learner":22s} {"updates/s":>10s} {"CPU cores busy":>15s}', flush=True)
+  rows = []
+  for config in CONFIGS:  # Each row as soon as it is measured: runs at 84x84 are long.
+    rows.append(measure(config, args.records_root_dir, args.updates, args.warmup))
+    name, rate, cores = rows[-1]
+    print(f'{name:22s} {rate:10.3f} {cores:15.2f}', flush=True)
   print(f'ALFA cost per update: {100 * (rows[0][1] / rows[1][1] - 1):+.1f}% '
         'vs fo-Proto-MAML')
 
