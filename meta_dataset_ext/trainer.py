@@ -87,12 +87,6 @@ def _episode_signature(image_height: int):
           'query_labels': labels, 'way': tf.TensorSpec([], tf.int32)}
 
 
-def _unwrap(variable):
-  """The tf.Variable behind a Keras 3 variable (Keras 2 variables are tf.Variables)."""
-  value = getattr(variable, 'value', None)
-  return value if isinstance(value, tf.Variable) else variable
-
-
 @gin.configurable
 class Trainer:
   """Gin-configured meta-training (``train``) and evaluation (``evaluate``).
