@@ -39,8 +39,14 @@ class Adaptation(NamedTuple):
   diagnostics: List[dict]
 
 
-def gradients(loss_fn: LossFn, params, check_finite: bool = True, step: int = 0):
-  """Returns (loss, aux, grads) of ``loss_fn`` at ``params`` (an ordered name -> tensor map)."""
+def gradients(loss_fn: LossFn, params, check_finite: bool = True, step: int = 0,
+              loss_scale: float = 1.0):
+  """Returns (loss, aux, grads) of ``loss_fn`` at ``params`` (an ordered name -> tensor map).
+
+  ``loss_scale``: the gradient is taken of ``loss_scale * loss`` and divided by it afterwards,
+  so that with a float16 network small backpropagated values do not flush to zero (static
+  loss scaling). The returned gradient is that of ``loss`` either way.
+  """
   names = list(params)
   with tf.GradientTape(watch_accessed_variables=False) as tape:
     tape.watch([params[name] for name in names])
@@ -48,13 +54,17 @@ def gradients(loss_fn: LossFn, params, check_finite: bool = True, step: int = 0)
     if check_finite:
       loss = tf.debugging.check_numerics(
           loss, f'Non-finite inner-loop (support) loss at inner step {step}')
-  grads = tape.gradient(loss, [params[name] for name in names],
+    scaled = loss if loss_scale == 1.0 else loss * loss_scale
+  grads = tape.gradient(scaled, [params[name] for name in names],
                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  if loss_scale != 1.0:
+    grads = [g / loss_scale for g in grads]
   return loss, aux, collections.OrderedDict(zip(names, grads))
 
 
 def adapt(params, loss_fn: LossFn, rule: UpdateRule, num_steps: int,
-          first_order: bool = False, check_finite: bool = True) -> Adaptation:
+          first_order: bool = False, check_finite: bool = True,
+          loss_scale: float = 1.0) -> Adaptation:
   """Runs ``num_steps`` steps of ``rule`` from ``params`` (theta_{i,0}) on ``loss_fn``.
 
   Args:
@@ -66,14 +76,15 @@ def adapt(params, loss_fn: LossFn, rule: UpdateRule, num_steps: int,
     first_order: hold the inner gradients constant.
     check_finite: raise ``tf.errors.InvalidArgumentError`` naming the step when the support
       loss is NaN or infinite.
+    loss_scale: static loss scale of every inner gradient (see ``gradients``).
   """
   params = collections.OrderedDict(params)
   if rule.needs_initial_gradient:
-    _, _, grads = gradients(loss_fn, params, check_finite)
+    _, _, grads = gradients(loss_fn, params, check_finite, loss_scale=loss_scale)
     params = rule.initialize(params, _maybe_stop(grads, True))
   trajectory, losses, all_grads, auxes, diagnostics = [], [], [], [], []
   for step in range(num_steps):
-    loss, aux, grads = gradients(loss_fn, params, check_finite, step)
+    loss, aux, grads = gradients(loss_fn, params, check_finite, step, loss_scale)
     grads = _maybe_stop(grads, first_order)
     params, info = rule.update(params, grads, step)
     for record, value in ((trajectory, params), (losses, loss), (all_grads, grads),

@@ -32,6 +32,10 @@ from alfa_tf import weights
 HEADS = ('linear', 'proto')
 LOSSES = ('cross_entropy', 'mse')
 QUERY_BN_MODES = ('own', 'support')
+# Default static loss scale of the inner gradients of a float16 backbone: 2^10 lifts the
+# backpropagated values of a mean loss over a few hundred examples well above float16's
+# smallest normal (6e-5) while leaving room below its largest value (65504).
+FLOAT16_INNER_LOSS_SCALE = 2.0 ** 10
 
 
 class EpisodeOutput(NamedTuple):
@@ -67,6 +71,10 @@ class GradientLearner(tf.keras.Model):
     seed: seeds the numpy draw of theta_0 and of the rule's meta-parameters.
     backbone_dtype: mixed precision, e.g. 'bfloat16' or 'float16': the backbone computes in
       it; meta-parameters, head, losses and the update rule stay in ``dtype``.
+    inner_loss_scale: static scale of the support loss before each inner gradient (divided
+      out after). Default: ``FLOAT16_INNER_LOSS_SCALE`` for a float16 backbone (whose
+      backpropagated values would otherwise underflow), 1 otherwise. The outer gradient's
+      scale is the optimizer's business (``tf.keras.mixed_precision.LossScaleOptimizer``).
   """
 
   def __init__(self, backbone: backbones_lib.Backbone, num_classes: int,
@@ -76,7 +84,8 @@ class GradientLearner(tf.keras.Model):
                learn_init: bool = True, zero_head: bool = False, loss: str = 'cross_entropy',
                check_finite: bool = True, check_inputs: bool = True, seed: int = 0,
                dtype='float32',
-               backbone_dtype: Optional[str] = None, name=None):
+               backbone_dtype: Optional[str] = None,
+               inner_loss_scale: Optional[float] = None, name=None):
     super().__init__(name=name, dtype=dtype)
     for arg, value, allowed in (('head', head, HEADS), ('loss', loss, LOSSES),
                                 ('query_bn', query_bn, QUERY_BN_MODES)):
@@ -95,6 +104,11 @@ class GradientLearner(tf.keras.Model):
     self.learn_init, self.loss_name, self.check_finite = learn_init, loss, check_finite
     self.check_inputs = check_inputs
     self.backbone_dtype = tf.as_dtype(backbone_dtype or dtype).name
+    if inner_loss_scale is None:
+      inner_loss_scale = FLOAT16_INNER_LOSS_SCALE if self.backbone_dtype == 'float16' else 1.0
+    if not inner_loss_scale > 0:
+      raise ValueError(f'inner_loss_scale must be positive, got {inner_loss_scale}.')
+    self.inner_loss_scale = float(inner_loss_scale)
 
     rng = np.random.default_rng(seed)
     specs = backbone.param_specs()
@@ -206,7 +220,7 @@ class GradientLearner(tf.keras.Model):
 
     steps = self.num_steps if training else self.eval_num_steps
     adaptation = inner_loop.adapt(theta, support_loss, self.update_rule, steps,
-                                  self.first_order, self.check_finite)
+                                  self.first_order, self.check_finite, self.inner_loss_scale)
     final = {**fixed, **adaptation.params}
     moments = None
     if self.query_bn == 'support':
@@ -240,10 +254,27 @@ class GradientLearner(tf.keras.Model):
 
     Inside ``tf.function``, call ``optimizer.build(learner.trainable_variables)`` first so
     that the optimizer's slots are not created during the trace (which would trace twice).
+    A ``tf.keras.mixed_precision.LossScaleOptimizer`` (for float16 backbones) scales the
+    meta-loss, unscales the gradient and skips updates whose gradient overflowed.
     """
-    loss, grads = self.meta_gradients(episodes)
+    with tf.GradientTape() as tape:
+      loss = self.meta_loss(episodes)
+      scaled = scale_loss(optimizer, loss)
+    grads = tape.gradient(scaled, self.trainable_variables)
+    if hasattr(optimizer, 'get_unscaled_gradients'):  # Keras 2; Keras 3 unscales in apply.
+      grads = optimizer.get_unscaled_gradients(grads)
     optimizer.apply_gradients(zip(grads, self.trainable_variables))
     return loss
+
+
+def scale_loss(optimizer, loss):
+  """``loss`` as ``optimizer`` wants it differentiated: multiplied by the current scale of a
+  loss-scale optimizer (Keras 3 ``scale_loss``, Keras 2 ``get_scaled_loss``), else as is."""
+  if hasattr(optimizer, 'scale_loss'):
+    return optimizer.scale_loss(loss)
+  if hasattr(optimizer, 'get_scaled_loss'):
+    return optimizer.get_scaled_loss(loss)
+  return loss
 
 
 class MAMLLearner(GradientLearner):

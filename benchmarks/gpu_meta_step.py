@@ -1,8 +1,8 @@
 """Updates per second and peak GPU memory: fo-Proto-MAML vs ALFA + fo-Proto-MAML on a GPU.
 
 Backbones: 4-CONV (64 filters) at 84x84 and ResNet-18 at 126x126; first and second order;
-three execution modes: plain tf.function, XLA (jit_compile) and mixed precision (bfloat16
-backbone, float32 meta-parameters and update rule). 5-way 5-shot, 10 queries per class,
+four execution modes: plain tf.function, XLA (jit_compile) and mixed precision (bfloat16 or
+float16 backbone, float32 meta-parameters and update rule; float16 with loss scaling). 5-way 5-shot, 10 queries per class,
 5 inner steps, meta-batch 2, Adam. One prepared run for a lent GPU machine:
 
     python benchmarks/gpu_meta_step.py --json benchmarks/results/gpu_meta_step.json
@@ -19,7 +19,7 @@ import tensorflow as tf
 
 import alfa_tf
 
-MODES = ('tf.function', 'xla', 'mixed_bfloat16')
+MODES = ('tf.function', 'xla', 'mixed_bfloat16', 'mixed_float16')
 
 
 def make_learner(learner, backbone, order, mode, image_size, smoke):
@@ -29,7 +29,7 @@ def make_learner(learner, backbone, order, mode, image_size, smoke):
   kwargs = dict(num_classes=5, input_shape=(image_size, image_size, 3), num_steps=5,
                 first_order=(order == 'first'), head='proto', query_bn='support',
                 check_finite=mode != 'xla', check_inputs=mode != 'xla',
-                backbone_dtype='bfloat16' if mode == 'mixed_bfloat16' else None)
+                backbone_dtype=mode[len('mixed_'):] if mode.startswith('mixed_') else None)
   cls = alfa_tf.ALFALearner if learner == 'ALFA+fo-Proto-MAML' else alfa_tf.MAMLLearner
   return cls(backbones[backbone](), **kwargs)
 
@@ -38,6 +38,8 @@ def measure(learner_name, backbone, order, mode, args):
   image_size = {'conv4': 84, 'resnet18': 126}[backbone] if not args.smoke else 16
   learner = make_learner(learner_name, backbone, order, mode, image_size, args.smoke)
   optimizer = tf.keras.optimizers.Adam(1e-3)
+  if mode == 'mixed_float16':
+    optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
   optimizer.build(learner.trainable_variables)
   rng = np.random.default_rng(0)
   batch = [{'support_images': tf.constant(rng.uniform(-1, 1, (25, image_size, image_size, 3)),

@@ -16,6 +16,8 @@ from typing import Callable, List, Optional
 import gin
 import tensorflow as tf
 
+from alfa_tf import learners as alfa_learners
+
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
 
 
@@ -58,19 +60,26 @@ class DistributedMetaStep:
   """
 
   def __init__(self, strategy, learner, optimizer, objective: Callable,
-               meta_batch_size: int):
+               meta_batch_size: int, jit_compile: bool = False):
     self.strategy, self.learner, self.optimizer = strategy, learner, optimizer
     self.objective, self.meta_batch_size = objective, meta_batch_size
     with strategy.scope():  # Optimizer slots: mirrored, and created before tracing.
       optimizer.build(learner.trainable_variables)
+    # XLA compiles each replica's gradient computation (the all-reduce stays outside).
+    self._replica_gradients = (tf.function(self._gradients, jit_compile=True) if jit_compile
+                               else self._gradients)
     self._step = tf.function(self._distributed_step, reduce_retracing=True)
 
-  def _replica_step(self, episodes):
+  def _gradients(self, episodes):
     variables = self.learner.trainable_variables
     with tf.GradientTape() as tape:
       loss, metrics = self.objective(self.learner, episodes, self.meta_batch_size)
-    grads = tape.gradient(loss, variables)
-    self.optimizer.apply_gradients(zip(grads, variables))
+      scaled = alfa_learners.scale_loss(self.optimizer, loss)
+    return loss, metrics, tape.gradient(scaled, variables)
+
+  def _replica_step(self, episodes):
+    loss, metrics, grads = self._replica_gradients(episodes)
+    self.optimizer.apply_gradients(zip(grads, self.learner.trainable_variables))
     return loss, metrics
 
   def _distributed_step(self, per_replica):

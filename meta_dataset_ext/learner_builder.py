@@ -40,10 +40,12 @@ def build_learner(backbone, transductive_batch_norm=False, backprop_through_mome
                   logit_dim=5, input_shape=(84, 84, 3), num_update_steps=5,
                   additional_evaluation_update_steps=0, first_order=True, alpha=0.01,
                   adapt_batch_norm=False, zero_fc_layer=True, proto_maml_fc_layer_init=False,
-                  classifier_weight_decay=0.0, loss='cross_entropy', seed=0, alfa=None):
+                  classifier_weight_decay=0.0, loss='cross_entropy', seed=0, alfa=None,
+                  backbone_dtype=None):
   """An alfa_tf learner for upstream's (ALFA)MAMLLearner arguments.
 
   ``alfa``: None for MAML's fixed-rate SGD, or ``alfa_options(...)`` for the ALFA rule.
+  ``backbone_dtype``: None (float32) or 'bfloat16' / 'float16' (mixed precision).
   ``loss``: 'cross_entropy' or 'mse' (regression). Query BatchNorm uses the support set's
   moments unless ``transductive_batch_norm``.
   """
@@ -57,7 +59,8 @@ def build_learner(backbone, transductive_batch_norm=False, backprop_through_mome
       eval_num_steps=num_update_steps + additional_evaluation_update_steps,
       first_order=first_order, head='proto' if proto_maml_fc_layer_init else 'linear',
       zero_head=zero_fc_layer and not proto_maml_fc_layer_init,
-      query_bn='own' if transductive_batch_norm else 'support', loss=loss, seed=seed)
+      query_bn='own' if transductive_batch_norm else 'support', loss=loss, seed=seed,
+      backbone_dtype=backbone_dtype)
   if alfa is None:
     learner = alfa_tf.MAMLLearner(backbone, alpha=alpha, **common)
   else:

@@ -79,12 +79,13 @@ def maml_learner(is_training=True, logit_dim=5, input_shape=(84, 84, 3),
                  num_update_steps=5, additional_evaluation_update_steps=0,
                  first_order=True, alpha=0.01, adapt_batch_norm=False, zero_fc_layer=True,
                  proto_maml_fc_layer_init=False, classifier_weight_decay=0.0, debug=False,
-                 loss='cross_entropy', seed=0, alfa=None):
+                 loss='cross_entropy', seed=0, alfa=None, backbone_dtype=None):
   """Upstream's MAMLLearner (fo-MAML; fo-Proto-MAML with proto_maml_fc_layer_init), built
   by ``learner_builder.build_learner``.
 
   ``alfa``: None for MAML's fixed-rate SGD, or the ALFA rule's arguments (the ALFA learners
   below pass them, so MAMLLearner.* bindings apply to them too, as to upstream subclasses).
+  ``backbone_dtype``: mixed precision (the trainer passes its ``compute_dtype``).
   """
   del is_training, debug  # One learner serves training and evaluation.
   return learner_builder.build_learner(
@@ -93,7 +94,8 @@ def maml_learner(is_training=True, logit_dim=5, input_shape=(84, 84, 3),
       additional_evaluation_update_steps=additional_evaluation_update_steps,
       first_order=first_order, alpha=alpha, adapt_batch_norm=adapt_batch_norm,
       zero_fc_layer=zero_fc_layer, proto_maml_fc_layer_init=proto_maml_fc_layer_init,
-      classifier_weight_decay=classifier_weight_decay, loss=loss, seed=seed, alfa=alfa)
+      classifier_weight_decay=classifier_weight_decay, loss=loss, seed=seed, alfa=alfa,
+      backbone_dtype=backbone_dtype)
 
 
 @gin.configurable('ALFAMAMLLearner')

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import gin
@@ -30,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
+from alfa_tf import learners as alfa_learners
 from meta_dataset_ext import distribute as distribute_lib
 from meta_dataset_ext import learners as learners_lib
 from meta_dataset_ext import report
@@ -39,6 +41,7 @@ from meta_dataset_ext.data import sinusoid
 
 TEN_SOURCES = ('ilsvrc_2012', 'omniglot', 'aircraft', 'cu_birds', 'dtd', 'quickdraw', 'fungi',
                'vgg_flower', 'traffic_sign', 'mscoco')
+COMPUTE_DTYPES = (None, 'float32', 'bfloat16', 'float16')
 EPISODE_KEYS = ('support_images', 'support_labels', 'query_images', 'query_labels', 'way')
 
 
@@ -104,6 +107,14 @@ class Trainer:
       ``distribute = True`` means 'mirrored'. The meta-batch is split across replicas; only
       the chief worker writes checkpoints, summaries and results.
     results_dir: where evaluation writes its tables and plots (default <checkpoint_dir>/results).
+    compute_dtype: None (float32) or 'bfloat16' / 'float16': mixed precision, the backbone
+      computes in 16 bits while meta-parameters, losses and the update rule stay float32.
+      float16 also scales the losses: the inner ones statically (the learner's
+      ``inner_loss_scale``), the meta-loss dynamically (Keras' ``LossScaleOptimizer``, which
+      skips an update whose scaled gradient overflowed and halves the scale).
+    jit_compile: compile the meta-step with XLA (the learner's in-graph input assertions are
+      turned off: XLA has no kernels for them). Each new episode shape compiles anew, so it
+      pays with fixed-shape episodes (EpisodeDescriptionConfig.num_ways/num_support/num_query).
   """
 
   def __init__(self, train_learner_class=None, eval_learner_class=None,
@@ -124,7 +135,8 @@ class Trainer:
                meta_batch_size: int = 1, num_validation_episodes: Optional[int] = None,
                keep_best: int = 5, ensemble_top_k: int = 0, seed: int = 0,
                results_dir: Optional[str] = None, show_progress: bool = True,
-               strategy: Optional[str] = None):
+               strategy: Optional[str] = None, compute_dtype: Optional[str] = None,
+               jit_compile: bool = False):
     del batch_size, experiment_name, omit_from_saving_and_reloading, enable_tf_optimizations
     unsupported = dict(normalized_gradient_descent=normalized_gradient_descent,
                        pretrained_source=pretrained_source != 'scratch',
@@ -154,6 +166,10 @@ class Trainer:
     self.eval_sources = list(eval_dataset_list) or list(TEN_SOURCES)
     if is_training and not self.train_sources:
       raise ValueError('No training source: bind benchmark.train_datasets.')
+    if compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f'Trainer.compute_dtype must be one of {COMPUTE_DTYPES}, got '
+                       f'{compute_dtype!r}.')
+    self.compute_dtype, self.jit_compile = compute_dtype, jit_compile
     self.records_root_dir = records_root_dir
     synthetic = [sinusoid.source(s) for s in self.train_sources + self.eval_sources]
     if not all(synthetic) and not os.path.isdir(records_root_dir):
@@ -192,14 +208,19 @@ class Trainer:
     """The learner, Adam with upstream's learning-rate decay, the update counter."""
     self.learner = train_learner_class(is_training=True, logit_dim=self.format.logit_dim,
                                        input_shape=self.format.input_shape,
-                                       loss=self.format.loss, seed=seed)
+                                       loss=self.format.loss, seed=seed,
+                                       backbone_dtype=self.compute_dtype)
     self.learner.check_finite = False  # The trainer checks and reports non-finite values.
+    if self.jit_compile:
+      self.learner.check_inputs = False  # XLA has no kernels for in-graph assertions.
     self.learner_name = getattr(self.learner, 'display_name', type(self.learner).__name__)
     schedule = learning_rate
     if decay_learning_rate:
       schedule = tf.keras.optimizers.schedules.ExponentialDecay(
           learning_rate, decay_every, decay_rate, staircase=True)
     self.optimizer = tf.keras.optimizers.Adam(schedule)
+    if self.compute_dtype == 'float16':
+      self.optimizer = tf.keras.mixed_precision.LossScaleOptimizer(self.optimizer)
     self.optimizer.build(self.learner.trainable_variables)
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='update',
                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -248,9 +269,11 @@ class Trainer:
       with tf.GradientTape() as tape:
         _, metrics = outputs_and_metrics(batch, True)
         objective = metrics['loss'] + learners_lib.outer_regularizer(self.learner)
-      grads = tape.gradient(objective, self.learner.trainable_variables)
-      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads] +
-                             [tf.math.is_finite(objective)])
+        scaled = alfa_learners.scale_loss(self.optimizer, objective)
+      grads = tape.gradient(scaled, self.learner.trainable_variables)
+      finite = tf.math.is_finite(objective)
+      if scaled is objective:  # With loss scaling, the optimizer handles overflowed gradients.
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads] + [finite])
       return grads, metrics, finite
 
     def apply(grads):
@@ -261,7 +284,8 @@ class Trainer:
       outs, metrics = outputs_and_metrics(batch, False)
       return [o.query_logits for o in outs], metrics
 
-    self._gradients = tf.function(gradients, input_signature=batch_signature)
+    self._gradients = tf.function(gradients, input_signature=batch_signature,
+                                  jit_compile=self.jit_compile)
     self._apply = tf.function(apply)
 
     def replica_objective(learner, episodes, global_batch_size):
@@ -275,7 +299,7 @@ class Trainer:
     if self.strategy.num_replicas_in_sync > 1:
       self._distributed_step = distribute_lib.DistributedMetaStep(
           self.strategy, self.learner, self.optimizer, replica_objective,
-          self.meta_batch_size)
+          self.meta_batch_size, self.jit_compile)
     self._evaluate_batch = tf.function(evaluate, input_signature=[[episode]])
 
   # ----- data -------------------------------------------------------------------------------
@@ -314,7 +338,13 @@ class Trainer:
     return int(self.step.numpy())
 
   def train(self) -> Dict[str, float]:
-    """Meta-trains until ``num_updates``, resuming from the latest checkpoint if any."""
+    """Meta-trains until ``num_updates``, resuming from the latest checkpoint if any.
+
+    Returns the last update's scalar metrics and ``updates_per_second``: updates done in this
+    call over the time spent fetching their meta-batches and running their steps (validation
+    and checkpoints excluded; the first call's first update includes tracing the step). The
+    same rate, over the updates since the last log, is the ``updates_per_second`` summary.
+    """
     os.makedirs(self.checkpoint_dir, exist_ok=True)
     start = self.restore()
     self._write_config()
@@ -324,14 +354,22 @@ class Trainer:
     progress = tqdm.tqdm(total=self.num_updates, initial=start, disable=not self.show_progress,
                          desc=f'meta-training {self.learner_name}', unit='update')
     metrics = {}
+    step_seconds = log_seconds = 0.0
+    logged = start
     try:
       for update in range(start, self.num_updates):
+        began = time.perf_counter()
         metrics = self._update(next(batches), update)
+        float(metrics['loss'])  # Waits for the step: its time is the update's.
+        seconds = time.perf_counter() - began
+        step_seconds, log_seconds = step_seconds + seconds, log_seconds + seconds
         done = update + 1
         progress.update(1)
         if done % self.log_every == 0 or done == self.num_updates:
           progress.set_postfix(loss=f'{float(metrics["loss"]):.3f}')
+          metrics['updates_per_second'] = (done - logged) / log_seconds
           self._summaries(writers['train'], metrics, done)
+          logged, log_seconds = done, 0.0
         if done % self.validate_every == 0 or done == self.num_updates:
           value = self.validate(writers['valid'], done)
           progress.write(f'update {done}: validation {self.format.metric} {value:.4f}')
@@ -343,7 +381,10 @@ class Trainer:
       raise
     finally:
       progress.close()
-    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+    result = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+    if self.num_updates > start:
+      result['updates_per_second'] = (self.num_updates - start) / step_seconds
+    return result
 
   def _update(self, batch, update):
     """One outer update (on one device, or split across the strategy's replicas).

@@ -287,3 +287,43 @@ def test_xla_compiled_meta_gradients_match(first_order, tolerance):
   scale = max(np.max(np.abs(a.numpy())) for a in plain[1])
   for a, b in zip(plain[1], xla[1]):
     assert np.max(np.abs(a.numpy() - b.numpy())) <= tolerance * scale
+
+
+def test_inner_loss_scale_lifts_float16_gradients_out_of_underflow():
+  """A mean over many examples times small activations: each backpropagated product (1e-8)
+  is below float16's smallest subnormal (6e-8) and flushes to zero unless the loss is scaled;
+  the scaled gradient is divided back to the true one."""
+  x = tf.fill([10000], tf.constant(1e-4, tf.float16))
+  loss_fn = lambda p: (tf.reduce_mean(tf.cast(tf.cast(p['w'], tf.float16) * x, tf.float32)),
+                       None)
+  params = {'w': tf.constant(1.0)}
+  _, _, plain = alfa_tf.inner_loop.gradients(loss_fn, params)
+  _, _, scaled = alfa_tf.inner_loop.gradients(loss_fn, params, loss_scale=1024.0)
+  assert float(plain['w']) == 0.0
+  np.testing.assert_allclose(float(scaled['w']), 1e-4, rtol=1e-2)
+
+
+def test_inner_loss_scale_leaves_float32_meta_gradients_unchanged():
+  """Scaling by a power of two and dividing it out is exact in float32 (both orders)."""
+  batch = [make_episode(0)]
+  for first_order in (True, False):
+    kwargs = dict(num_steps=2, seed=0, first_order=first_order)
+    plain = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, **kwargs)
+    scaled = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, inner_loss_scale=256.0, **kwargs)
+    assert plain.inner_loss_scale == 1.0
+    for a, b in zip(plain.meta_gradients(batch)[1], scaled.meta_gradients(batch)[1]):
+      np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-12)
+
+
+def test_float16_learner_steps_with_a_loss_scale_optimizer():
+  learner = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, num_steps=2,
+                                backbone_dtype='float16')
+  assert learner.inner_loss_scale == alfa_tf.learners.FLOAT16_INNER_LOSS_SCALE
+  optimizer = tf.keras.mixed_precision.LossScaleOptimizer(tf.keras.optimizers.Adam(1e-3))
+  before = [v.numpy().copy() for v in learner.trainable_variables]
+  loss = learner.meta_update([make_episode(0)], optimizer)
+  assert np.isfinite(float(loss))
+  changed = [np.any(v.numpy() != b) for v, b in zip(learner.trainable_variables, before)]
+  assert sum(changed) > len(changed) // 2
+  with pytest.raises(ValueError, match='inner_loss_scale must be positive'):
+    alfa_tf.MAMLLearner(small_backbone(), 3, SHAPE, inner_loss_scale=0.0)

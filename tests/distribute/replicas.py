@@ -1,8 +1,9 @@
 """Runs a few distributed outer updates in a fresh process (run by test_distribute.py).
 
-    python -m tests.distribute.replicas {default|mirrored|multi_worker} OUT.npz {sgd|adam}
+    python -m tests.distribute.replicas {default|mirrored|multi_worker}[_xla] OUT.npz {sgd|adam}
 
-'mirrored' uses two logical CPU devices; 'multi_worker' reads TF_CONFIG. Writes the
+'mirrored' uses two logical CPU devices; 'multi_worker' reads TF_CONFIG; '_xla' compiles each
+replica's gradient computation with XLA. Writes the
 meta-parameters and losses after the updates to OUT.npz. SGD makes the update a plain
 function of the all-reduced gradient (what a comparison with one device checks); Adam's
 normalisation would magnify float round-off in gradients that are analytically zero.
@@ -14,6 +15,8 @@ import tensorflow as tf
 
 
 def main(kind, out_path, optimizer_name, num_updates=2, meta_batch_size=4):
+  jit_compile = kind.endswith('_xla')
+  kind = kind.removesuffix('_xla')
   if kind == 'mirrored':
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -24,7 +27,8 @@ def main(kind, out_path, optimizer_name, num_updates=2, meta_batch_size=4):
       kind, devices=['/cpu:0', '/cpu:1'] if kind == 'mirrored' else None)
   with strategy.scope():
     learner = alfa_tf.ALFALearner(alfa_tf.Conv4(filters=4, num_blocks=2), 3, (8, 8, 3),
-                                  num_steps=2, seed=0)
+                                  num_steps=2, seed=0, check_finite=not jit_compile,
+                                  check_inputs=not jit_compile)
     optimizer = (tf.keras.optimizers.Adam(1e-2) if optimizer_name == 'adam'
                  else tf.keras.optimizers.SGD(0.1))
 
@@ -33,7 +37,7 @@ def main(kind, out_path, optimizer_name, num_updates=2, meta_batch_size=4):
     return tf.add_n(losses) / global_batch_size, {'episodes': tf.constant(float(len(episodes)))}
 
   step = distribute.DistributedMetaStep(strategy, learner, optimizer, objective,
-                                        meta_batch_size)
+                                        meta_batch_size, jit_compile)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(num_updates):

@@ -32,11 +32,12 @@ def finish(process, timeout=300):
   assert process.returncode == 0, err[-3000:]
 
 
-def test_two_replicas_update_like_one_device(tmp_path):
-  runs = {kind: launch(kind, tmp_path / f'{kind}.npz') for kind in ('default', 'mirrored')}
+@pytest.mark.parametrize('mirrored', ['mirrored', 'mirrored_xla'])
+def test_two_replicas_update_like_one_device(tmp_path, mirrored):
+  runs = {kind: launch(kind, tmp_path / f'{kind}.npz') for kind in ('default', mirrored)}
   for process in runs.values():
     finish(process)
-  one, two = (np.load(tmp_path / f'{kind}.npz') for kind in ('default', 'mirrored'))
+  one, two = (np.load(tmp_path / f'{kind}.npz') for kind in ('default', mirrored))
   assert int(one['replicas']) == 1 and int(two['replicas']) == 2
   np.testing.assert_allclose(one['losses'], two['losses'], rtol=1e-5)
   weights = [k for k in one.files if k.startswith('w')]

@@ -73,7 +73,7 @@ def test_cli_trains_checkpoints_evaluates_two_sources_and_writes_reports(records
   assert len(json.load(open(run / 'best' / 'best.json'))) >= 1
   tags = {t for e in glob.glob(str(run / 'summaries' / 'train' / '*'))
           for t in _tags(e)}
-  assert {'loss', 'accuracy', 'learning_rate'} <= tags
+  assert {'loss', 'accuracy', 'learning_rate', 'updates_per_second'} <= tags
   assert any(t.startswith('alpha/') for t in tags) and any(t.startswith('beta/') for t in tags)
 
 
@@ -107,6 +107,37 @@ def test_interrupted_run_resumes_to_identical_results(records, tmp_path, monkeyp
   for a, b in zip(expected, weights(resumed)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   assert int(resumed.optimizer.iterations.numpy()) == 5
+
+
+def test_train_returns_the_rate_of_the_updates_it_ran(records, tmp_path):
+  trainer = make_trainer(records, tmp_path / 'run', extra=['Trainer.num_updates = 2'])
+  first = trainer.train()
+  trainer.num_updates = 4
+  again = trainer.train()
+  assert 0 < first['updates_per_second'] < again['updates_per_second']  # First one traces.
+  trainer.num_updates = 4
+  assert 'updates_per_second' not in trainer.train()  # Nothing left to run.
+
+
+@pytest.mark.parametrize('options', [["Trainer.compute_dtype = 'float16'"],
+                                     ["Trainer.compute_dtype = 'bfloat16'",
+                                      'Trainer.jit_compile = True']])
+def test_mixed_precision_and_xla_train(records, tmp_path, options):
+  trainer = make_trainer(records, tmp_path / 'run', extra=['Trainer.num_updates = 2'] + options)
+  before = weights(trainer)
+  metrics = trainer.train()
+  assert np.isfinite(metrics['loss'])
+  assert trainer.learner.backbone_dtype in ('float16', 'bfloat16')
+  float16 = trainer.learner.backbone_dtype == 'float16'
+  assert isinstance(trainer.optimizer, tf.keras.mixed_precision.LossScaleOptimizer) == float16
+  assert trainer.learner.check_inputs == (not trainer.jit_compile)
+  assert any(np.any(a != b) for a, b in zip(before, weights(trainer)))
+  assert all(v.dtype == tf.float32 for v in trainer.learner.trainable_variables)
+
+
+def test_unknown_compute_dtype_is_named(records, tmp_path):
+  with pytest.raises(ValueError, match=r"Trainer.compute_dtype must be one of .*'float8'"):
+    make_trainer(records, tmp_path, extra=["Trainer.compute_dtype = 'float8'"])
 
 
 def test_non_finite_loss_stops_restores_and_names_the_layer(records, tmp_path, monkeypatch):
