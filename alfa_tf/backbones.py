@@ -151,10 +151,15 @@ class ConvBNMixin:
       # (TensorFlow 2.15 and 2.21).
       x, stride = x[:, ::stride, ::stride, :], 1
     x = tf.nn.conv2d(x, kernel, stride, 'SAME')
+    offset = params[f'{prefix}.bn_offset']
     if f'{prefix}.b' in params:
-      x = tf.nn.bias_add(x, params[f'{prefix}.b'])
+      # BatchNorm with batch statistics subtracts the conv bias again (whether the moments are
+      # the batch's own or the support set's, both include it), so it is not added to the
+      # feature map, which saves a pass over the largest tensors and its gradient. Multiplied
+      # by zero into the offset, it keeps an (exactly zero) gradient, as in the reference.
+      offset += 0.0 * params[f'{prefix}.b']
     x, used = batch_norm(
-        x, params[f'{prefix}.bn_scale'], params[f'{prefix}.bn_offset'], self.bn_eps,
+        x, params[f'{prefix}.bn_scale'], offset, self.bn_eps,
         None if moments_in is None else moments_in[prefix], moments_out is not None)
     if moments_out is not None:
       moments_out[prefix] = used
@@ -178,6 +183,7 @@ class Conv4(ConvBNMixin, Backbone):
       raise ValueError(f"flatten_order must be 'chw' or 'hwc', got {flatten_order!r}.")
     self.filters, self.num_blocks, self.in_channels = filters, num_blocks, in_channels
     self.activation = activation_fn(activation, leaky_slope)
+    self.activation_increasing = activation != 'leaky_relu' or leaky_slope >= 0
     self.pooling, self.bn_eps, self.conv_bias = pooling, bn_eps, conv_bias
     self.flatten_order = flatten_order
 
@@ -202,7 +208,12 @@ class Conv4(ConvBNMixin, Backbone):
     x, used = images, ({} if collect_moments else None)
     for i in range(self.num_blocks):
       x = self._conv_bn(params, x, f'block{i}', moments, used)
-      x = _pool(self.activation(x), self.pooling, 2, 2)
+      if self.pooling == 'max' and self.activation_increasing:
+        # max(f(a), f(b)) = f(max(a, b)) for a non-decreasing f: activating after the pool
+        # gives the same values and gradients on a quarter of the elements.
+        x = self.activation(_pool(x, 'max', 2, 2))
+      else:
+        x = _pool(self.activation(x), self.pooling, 2, 2)
     if self.flatten_order == 'chw':
       x = tf.transpose(x, [0, 3, 1, 2])
     return tf.reshape(x, [tf.shape(x)[0], -1]), used

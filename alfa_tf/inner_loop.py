@@ -59,6 +59,10 @@ def gradients(loss_fn: LossFn, params, check_finite: bool = True, step: int = 0,
                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
   if loss_scale != 1.0:
     grads = [g / loss_scale for g in grads]
+  if check_finite:  # Also the gradients: max-pooling can turn a NaN into a finite loss.
+    grads = [tf.debugging.check_numerics(
+        g, f'Non-finite inner-loop (support) gradient of {name} at inner step {step}')
+             for name, g in zip(names, grads)]
   return loss, aux, collections.OrderedDict(zip(names, grads))
 
 
@@ -74,8 +78,8 @@ def adapt(params, loss_fn: LossFn, rule: UpdateRule, num_steps: int,
     rule: the update rule (its meta-parameters are read inside, so an outer tape records them).
     num_steps: S; may exceed the rule's training steps at evaluation.
     first_order: hold the inner gradients constant.
-    check_finite: raise ``tf.errors.InvalidArgumentError`` naming the step when the support
-      loss is NaN or infinite.
+    check_finite: raise ``tf.errors.InvalidArgumentError`` naming the step (and the tensor)
+      when the support loss or its gradient is NaN or infinite.
     loss_scale: static loss scale of every inner gradient (see ``gradients``).
   """
   params = collections.OrderedDict(params)

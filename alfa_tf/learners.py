@@ -65,7 +65,7 @@ class GradientLearner(tf.keras.Model):
     learn_init: meta-learn theta_0 (False: frozen at its seeded init, ALFA + Random).
     zero_head: start the linear head's weight at zero (upstream's zero_fc_layer).
     loss: 'cross_entropy' (classification) or 'mse' (regression).
-    check_finite: fail with the inner step named when a support loss is not finite.
+    check_finite: fail with the inner step named when a support loss or gradient is not finite.
     check_inputs: assert in the graph that labels are in range and sets non-empty. XLA
       (``tf.function(jit_compile=True)``) has no kernels for these checks: turn both off.
     seed: seeds the numpy draw of theta_0 and of the rule's meta-parameters.
