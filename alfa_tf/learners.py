@@ -19,7 +19,7 @@ Usage::
     loss = learner.meta_update([episode, other_episode], optimizer)
 """
 import collections
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -243,11 +243,39 @@ class GradientLearner(tf.keras.Model):
     return tf.add_n([self.episode_output(ep, training).query_loss
                      for ep in episodes]) / len(episodes)
 
+  def episode_gradients(self, episodes, scale: Optional[Callable] = None):
+    """(meta-loss, gradients of ``scale(meta-loss)`` for every trainable meta-parameter, the
+    episodes' ``EpisodeOutput``s).
+
+    The meta-loss of Algorithm 1 (line 10) is a mean over tasks, so its gradient is the sum
+    of per-task gradients: they are accumulated episode by episode, and each episode starts
+    once the previous one's gradient is computed. Only one task's activations (the nested
+    tapes of its inner loop) are alive at a time: peak memory is one task's whatever the
+    meta-batch size, at no cost in time (both cores work inside each task's kernels).
+    ``scale``: a linear map applied to each episode's share before differentiating (loss
+    scaling); identity by default.
+    """
+    if not episodes:
+      raise ValueError('The meta-batch needs at least one episode.')
+    variables = self.trainable_variables
+    loss, grads, outputs, previous = 0.0, None, [], []
+    for episode in episodes:
+      with tf.control_dependencies(previous):  # A no-op when executing eagerly.
+        episode = {key: tf.identity(value) for key, value in episode.items()}
+      with tf.GradientTape() as tape:
+        output = self.episode_output(episode)
+        share = output.query_loss / len(episodes)
+        scaled = share if scale is None else scale(share)
+      previous = gradients_or_zeros(tape, scaled, variables)
+      grads = previous if grads is None else [a + b for a, b in zip(grads, previous)]
+      loss += share
+      outputs.append(output)
+    return loss, grads, outputs
+
   def meta_gradients(self, episodes):
     """(meta-loss, gradients of it for every trainable meta-parameter)."""
-    with tf.GradientTape() as tape:
-      loss = self.meta_loss(episodes)
-    return loss, tape.gradient(loss, self.trainable_variables)
+    loss, grads, _ = self.episode_gradients(episodes)
+    return loss, grads
 
   def meta_update(self, episodes, optimizer):
     """One outer step (Algorithm 1, line 10): computes the meta-gradient, applies it.
@@ -257,14 +285,18 @@ class GradientLearner(tf.keras.Model):
     A ``tf.keras.mixed_precision.LossScaleOptimizer`` (for float16 backbones) scales the
     meta-loss, unscales the gradient and skips updates whose gradient overflowed.
     """
-    with tf.GradientTape() as tape:
-      loss = self.meta_loss(episodes)
-      scaled = scale_loss(optimizer, loss)
-    grads = tape.gradient(scaled, self.trainable_variables)
+    loss, grads, _ = self.episode_gradients(episodes, lambda x: scale_loss(optimizer, x))
     if hasattr(optimizer, 'get_unscaled_gradients'):  # Keras 2; Keras 3 unscales in apply.
       grads = optimizer.get_unscaled_gradients(grads)
     optimizer.apply_gradients(zip(grads, self.trainable_variables))
     return loss
+
+
+def gradients_or_zeros(tape, target, variables):
+  """``tape.gradient`` with zeros for variables ``target`` does not depend on (Keras 3
+  variables break ``UnconnectedGradients.ZERO``)."""
+  grads = tape.gradient(target, variables)
+  return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
 
 
 def scale_loss(optimizer, loss):

@@ -250,6 +250,9 @@ class Trainer:
 
     def outputs_and_metrics(batch, training):
       outs = [self.learner.episode_output(ep, training) for ep in batch]
+      return outs, metrics_of(outs, batch)
+
+    def metrics_of(outs, batch):
       loss = tf.add_n([o.query_loss for o in outs]) / len(outs)
       value = tf.add_n([metric(o.query_logits, ep['query_labels'])
                         for o, ep in zip(outs, batch)]) / len(outs)
@@ -263,16 +266,20 @@ class Trainer:
                        for o in outs if symbol in o.adaptation.diagnostics[0]]
         if per_episode:
           metrics[symbol] = tf.add_n(per_episode) / len(per_episode)  # [steps, tensors]
-      return outs, metrics
+      return metrics
 
     def gradients(batch):
+      scale = lambda loss: alfa_learners.scale_loss(self.optimizer, loss)
+      variables = self.learner.trainable_variables
+      _, grads, outs = self.learner.episode_gradients(batch, scale)  # One task at a time.
+      metrics = metrics_of(outs, batch)
       with tf.GradientTape() as tape:
-        _, metrics = outputs_and_metrics(batch, True)
-        objective = metrics['loss'] + learners_lib.outer_regularizer(self.learner)
-        scaled = alfa_learners.scale_loss(self.optimizer, objective)
-      grads = tape.gradient(scaled, self.learner.trainable_variables)
-      finite = tf.math.is_finite(objective)
-      if scaled is objective:  # With loss scaling, the optimizer handles overflowed gradients.
+        regularizer = learners_lib.outer_regularizer(self.learner)
+        scaled = scale(regularizer)
+      grads = [g + r for g, r in zip(
+          grads, alfa_learners.gradients_or_zeros(tape, scaled, variables))]
+      finite = tf.math.is_finite(metrics['loss'] + regularizer)
+      if scaled is regularizer:  # With loss scaling, the optimizer handles overflowed grads.
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads] + [finite])
       return grads, metrics, finite
 
