@@ -135,6 +135,19 @@ def test_mixed_precision_and_xla_train(records, tmp_path, options):
   assert all(v.dtype == tf.float32 for v in trainer.learner.trainable_variables)
 
 
+def test_float16_overflow_skips_the_update_and_lowers_the_scale(records, tmp_path):
+  """An overflowed scaled meta-gradient is the loss-scale optimizer's business: the update
+  is skipped and the scale lowered, and training goes on (no NonFiniteLossError)."""
+  trainer = make_trainer(records, tmp_path / 'run', extra=[
+      'Trainer.num_updates = 1', "Trainer.compute_dtype = 'float16'"])
+  trainer.optimizer.dynamic_scale.assign(2.0 ** 100)  # Overflows float16 backpropagation.
+  before = weights(trainer)
+  trainer.train()
+  assert float(trainer.optimizer.dynamic_scale.numpy()) < 2.0 ** 100
+  for a, b in zip(before, weights(trainer)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_unknown_compute_dtype_is_named(records, tmp_path):
   with pytest.raises(ValueError, match=r"Trainer.compute_dtype must be one of .*'float8'"):
     make_trainer(records, tmp_path, extra=["Trainer.compute_dtype = 'float8'"])
