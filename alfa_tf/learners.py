@@ -286,9 +286,7 @@ class GradientLearner(tf.keras.Model):
     meta-loss, unscales the gradient and skips updates whose gradient overflowed.
     """
     loss, grads, _ = self.episode_gradients(episodes, lambda x: scale_loss(optimizer, x))
-    if hasattr(optimizer, 'get_unscaled_gradients'):  # Keras 2; Keras 3 unscales in apply.
-      grads = optimizer.get_unscaled_gradients(grads)
-    optimizer.apply_gradients(zip(grads, self.trainable_variables))
+    apply_scaled_gradients(optimizer, grads, self.trainable_variables)
     return loss
 
 
@@ -307,6 +305,14 @@ def scale_loss(optimizer, loss):
   if hasattr(optimizer, 'get_scaled_loss'):
     return optimizer.get_scaled_loss(loss)
   return loss
+
+
+def apply_scaled_gradients(optimizer, grads, variables):
+  """Applies gradients of a ``scale_loss``-scaled loss: a Keras 2 loss-scale optimizer needs
+  them unscaled first; Keras 3's unscales (and skips overflowed ones) in ``apply``."""
+  if hasattr(optimizer, 'get_unscaled_gradients'):
+    grads = optimizer.get_unscaled_gradients(grads)
+  optimizer.apply_gradients(zip(grads, variables))
 
 
 class MAMLLearner(GradientLearner):

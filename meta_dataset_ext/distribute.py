@@ -79,7 +79,8 @@ class DistributedMetaStep:
 
   def _replica_step(self, episodes):
     loss, metrics, grads = self._replica_gradients(episodes)
-    self.optimizer.apply_gradients(zip(grads, self.learner.trainable_variables))
+    alfa_learners.apply_scaled_gradients(self.optimizer, grads,
+                                         self.learner.trainable_variables)
     return loss, metrics
 
   def _distributed_step(self, per_replica):

@@ -284,7 +284,8 @@ class Trainer:
       return grads, metrics, finite
 
     def apply(grads):
-      self.optimizer.apply_gradients(zip(grads, self.learner.trainable_variables))
+      alfa_learners.apply_scaled_gradients(self.optimizer, grads,
+                                           self.learner.trainable_variables)
       self.step.assign_add(1)
 
     def evaluate(batch):
