@@ -21,6 +21,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from alfa_tf import second_order_ops
+
 Params = Dict[str, tf.Tensor]
 Moments = Dict[str, Tuple[tf.Tensor, tf.Tensor]]
 
@@ -84,14 +86,12 @@ def batch_norm(x, scale, offset, eps, moments=None, collect_moments=True):
   Mean and *biased* variance over every axis but the last (the reference's
   ``F.batch_norm(training=True)``). Returns the output and the (mean, variance) used, or
   None for them when ``collect_moments`` is False: then float32/16 inputs take TensorFlow's
-  fused kernel (one op forward and backward; its second derivative is registered too).
+  fused kernels, with the closed-form second derivative of ``second_order_ops``.
   """
   if moments is None and not collect_moments and x.dtype != tf.float64 and x.shape.rank == 4:
     # The fused kernel takes float32 scale and offset for float16/bfloat16 inputs.
-    y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, tf.cast(scale, tf.float32),
-                                               tf.cast(offset, tf.float32), epsilon=eps,
-                                               is_training=True)
-    return y, None
+    return second_order_ops.batch_norm_train(x, tf.cast(scale, tf.float32),
+                                             tf.cast(offset, tf.float32), eps), None
   if moments is None:
     # Not tf.nn.moments: it stops the gradient through the mean inside the variance, which
     # is exact for first derivatives only and breaks second-order meta-gradients.
@@ -103,6 +103,8 @@ def batch_norm(x, scale, offset, eps, moments=None, collect_moments=True):
 
 
 def _pool(x, kind, size, stride, padding='VALID'):
+  if kind == 'max' and size == stride and padding == 'VALID':
+    return second_order_ops.max_pool(x, size)
   if kind == 'max':
     return tf.nn.max_pool2d(x, size, stride, padding)
   if kind == 'avg':

@@ -1,0 +1,149 @@
+"""BatchNorm and max pooling with their second derivatives written in closed form.
+
+A second-order meta-gradient differentiates the inner loop's gradient computation, so it
+needs the derivative of every backward op. For the fused BatchNorm gradient TensorFlow
+re-derives the gradient with explicit ops and differentiates those (dozens of elementwise ops
+and reductions over the full feature map), and for max pooling it runs a generic
+MaxPoolGradGrad kernel. After the convolutions these were the largest costs of a second-order
+ALFA step (benchmarks/results/meta_step.md). The functions here give the same values and the
+same first derivatives as ``tf.nn.fused_batch_norm`` / ``tf.nn.max_pool2d`` (they call the same
+kernels), and compute the second derivatives with TensorFlow's fused kernels and a handful of
+elementwise ops.
+"""
+import tensorflow as tf
+
+_NHWC_AXES = [0, 1, 2]
+
+
+def batch_norm_train(x, scale, offset, eps):
+  """BatchNorm of an NHWC float tensor with its own batch statistics (training mode).
+
+  y = scale * x_hat + offset, x_hat = (x - mean) / sigma, sigma = sqrt(var + eps), with the
+  per-channel mean and biased variance over the N elements of each channel. The backward op
+  is TensorFlow's fused one:
+
+      dx = (scale / sigma) (g - mean(g) - x_hat mean(g x_hat)),  dscale = sum(g x_hat),
+      doffset = sum(g),
+
+  for the output gradient g. Its own derivative, for cotangents (a, c_scale, c_offset) of
+  (dx, dscale, doffset), is
+
+      d/dg     = (scale / sigma) (a - mean(a) - x_hat mean(a x_hat)) + c_scale x_hat + c_offset
+      d/dscale = S / sigma,   S = N (mean(a g) - mean(a) mean(g) - mean(a x_hat) mean(g x_hat))
+      d/dx     = (v - mean(v) - x_hat mean(v x_hat)) / sigma - scale S x_hat / (N sigma^2),
+                 v = -(scale / sigma) (a mean(g x_hat) + g mean(a x_hat)) + c_scale g,
+
+  (d x_hat / dx = (I - 1 1^T / N - x_hat x_hat^T / N) / sigma, exact with eps). The first
+  term of d/dg is the fused backward op applied to ``a``, which also returns N mean(a x_hat)
+  and N mean(a); mean(g) and mean(g x_hat) come from the first backward pass.
+
+  Args:
+    x: [batch, height, width, channels], float16, bfloat16 or float32.
+    scale, offset: [channels] float32 (BatchNorm gamma and beta).
+    eps: added to the variance.
+  """
+  empty = tf.constant([], tf.float32)
+
+  @tf.custom_gradient
+  def forward(x, scale, offset):
+    y, mean, unbiased_var, *reserve = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=eps,
+        exponential_avg_factor=1.0, data_format='NHWC', is_training=True)
+    # The op normalises with the biased variance and returns the unbiased one.
+    n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    variance = tf.where(n > 1.0, unbiased_var * ((n - 1.0) / n), tf.zeros_like(unbiased_var))
+    inv_sigma = tf.math.rsqrt(variance + eps)
+
+    def first_derivative(g):
+      return _batch_norm_backward(eps)(g, x, scale, mean, inv_sigma, *reserve)
+    return y, first_derivative
+
+  return forward(x, scale, offset)
+
+
+# Every tensor the backward pass reads is an argument, so that in TF1 graph mode the custom
+# gradient does not reach back into the variables that produced them.
+def _batch_norm_backward(eps):
+  """(dx, dscale, doffset) of ``batch_norm_train``; its derivative as in that docstring."""
+
+  @tf.custom_gradient
+  def backward(g, x, scale, mean, inv_sigma, reserve_1, reserve_2, reserve_3):
+    reserve = (reserve_1, reserve_2, reserve_3)
+    dx, sum_g_xhat, sum_g = _fused_batch_norm_grad(g, x, scale, reserve, eps)
+
+    def second_derivative(a, c_scale, c_offset):
+      d_g, sum_a_xhat, sum_a = _fused_batch_norm_grad(a, x, scale, reserve, eps)
+      n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+      m_g, m_g_xhat, m_a, m_a_xhat = sum_g / n, sum_g_xhat / n, sum_a / n, sum_a_xhat / n
+      a32, g32, x32 = (tf.cast(t, tf.float32) for t in (a, g, x))
+      m_ag = tf.reduce_mean(a32 * g32, _NHWC_AXES)
+      k = scale * inv_sigma
+      s = n * (m_ag - m_a * m_g - m_a_xhat * m_g_xhat)
+      param_cotangents = c_scale is not None or c_offset is not None
+      c_scale = tf.zeros_like(scale) if c_scale is None else c_scale
+      # v = p a + q g, so mean(v) and mean(v x_hat) are per-channel combinations.
+      p, q = -k * m_g_xhat, c_scale - k * m_a_xhat
+      mean_v, mean_v_xhat = p * m_a + q * m_g, p * m_a_xhat + q * m_g_xhat
+      xhat_coef = -inv_sigma * mean_v_xhat - scale * s * inv_sigma**2 / n
+      # x_hat * c = x * (c / sigma) - mean * c / sigma: one pass over x.
+      d_x = tf.add_n([a32 * (inv_sigma * p), g32 * (inv_sigma * q),
+                      x32 * (xhat_coef * inv_sigma)])
+      d_x += -inv_sigma * mean_v - mean * inv_sigma * xhat_coef
+      if param_cotangents:
+        c_offset = tf.zeros_like(scale) if c_offset is None else c_offset
+        d_g += tf.cast(x32 * (c_scale * inv_sigma) + (c_offset - mean * inv_sigma * c_scale),
+                       d_g.dtype)
+      return (d_g, tf.cast(d_x, x.dtype), inv_sigma * s) + (None,) * 5
+
+    return (dx, sum_g_xhat, sum_g), second_derivative
+
+  return backward
+
+
+def _fused_batch_norm_grad(g, x, scale, reserve, eps):
+  """TensorFlow's fused backward op: (dx, sum(g x_hat), sum(g))."""
+  return tf.raw_ops.FusedBatchNormGradV3(
+      y_backprop=g, x=x, scale=scale, reserve_space_1=reserve[0], reserve_space_2=reserve[1],
+      reserve_space_3=reserve[2], epsilon=eps, data_format='NHWC', is_training=True)[:3]
+
+
+def max_pool(x, size):
+  """Max pooling over non-overlapping ``size`` x ``size`` windows (stride ``size``, VALID).
+
+  Values and first derivative are ``tf.nn.max_pool2d``'s (MaxPoolGrad sends each window's
+  gradient to one element of it). The backward pass is linear in the output gradient, so its
+  derivative is its adjoint: read each window's cotangent at the element that received the
+  gradient. That element is marked by MaxPoolGrad of ones (the same kernel, so ties resolve
+  the same way), and with one mark per window a sum pool reads it (exactly for power-of-two
+  windows: the pool's division and the multiplication undoing it are then exact).
+  """
+
+  @tf.custom_gradient
+  def forward(x):
+    y = tf.nn.max_pool2d(x, size, size, 'VALID')
+
+    def first_derivative(dy):
+      return _max_pool_backward(size)(dy, x, y)
+    return y, first_derivative
+
+  return forward(x)
+
+
+def _max_pool_grad(x, y, dy, size):
+  window = [1, size, size, 1]
+  return tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=dy, ksize=window,
+                                strides=window, padding='VALID')
+
+
+def _max_pool_backward(size):
+  """The gradient of ``max_pool``; its derivative reads the marked elements."""
+
+  @tf.custom_gradient
+  def backward(dy, x, y):
+    def second_derivative(a):
+      marked = _max_pool_grad(x, y, tf.ones_like(y), size)
+      d_dy = tf.nn.avg_pool2d(a * marked, size, size, 'VALID') * float(size * size)
+      return d_dy, None, None
+    return _max_pool_grad(x, y, dy, size), second_derivative
+
+  return backward

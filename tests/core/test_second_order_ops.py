@@ -1,0 +1,172 @@
+"""The closed-form second derivatives of BatchNorm and max pooling (alfa_tf.second_order_ops)
+against autodiff of the explicit BatchNorm formula in float64 and TensorFlow's MaxPoolGradGrad.
+"""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alfa_tf import backbones, second_order_ops
+
+EPS = 1e-5
+
+
+def explicit_batch_norm(x, scale, offset, eps):
+  return backbones.batch_norm(x, scale, offset, eps, collect_moments=True)[0]
+
+
+def first_and_second_derivatives(batch_norm, x, scale, offset, param_cotangents, dtype):
+  """The gradient (dx, dscale, doffset) of a loss, and the gradient of a function of it.
+
+  With ``param_cotangents`` the outer function reads dscale and doffset as well as dx, so the
+  second derivative receives cotangents for all three outputs of the backward pass.
+  """
+  rng = np.random.default_rng(7)
+  w = tf.constant(rng.normal(size=x.shape), dtype)
+  w2 = tf.constant(rng.normal(size=x.shape), dtype)
+  v = tf.constant(rng.normal(size=scale.shape), tf.float32 if dtype != tf.float64 else dtype)
+  x = tf.cast(x, dtype)
+  param_dtype = tf.float64 if dtype == tf.float64 else tf.float32
+  scale, offset = tf.cast(scale, param_dtype), tf.cast(offset, param_dtype)
+  with tf.GradientTape() as outer:
+    outer.watch([x, scale, offset])
+    with tf.GradientTape() as inner:
+      inner.watch([x, scale, offset])
+      y = batch_norm(x, scale, offset, EPS)
+      loss = tf.reduce_sum(tf.cast(w * y * y, param_dtype))
+    dx, dscale, doffset = inner.gradient(loss, [x, scale, offset])
+    meta = tf.reduce_sum(tf.cast(w2 * dx * dx, param_dtype))
+    if param_cotangents:
+      meta += tf.reduce_sum(v * dscale) + tf.reduce_sum(doffset * doffset)
+  second = outer.gradient(meta, [x, scale, offset])
+  return [tf.cast(t, tf.float64).numpy() for t in [y, dx, dscale, doffset] + second]
+
+
+def assert_relative(ours, reference, tolerance):
+  for name, a, b in zip(['y', 'dx', 'dscale', 'doffset', 'd2x', 'd2scale', 'd2offset'],
+                        ours, reference):
+    scale = np.max(np.abs(b)) + 1e-30
+    assert np.max(np.abs(a - b)) <= tolerance * scale, name
+
+
+def inputs(shape, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(1.0, 2.0, shape), rng.normal(1.0, 0.5, shape[-1:]),
+          rng.normal(0.0, 0.5, shape[-1:]))
+
+
+@pytest.mark.parametrize('param_cotangents', [False, True])
+@pytest.mark.parametrize('shape', [(6, 5, 5, 4), (1, 3, 1, 2), (3, 2, 1, 5)])
+def test_batch_norm_second_derivative_matches_explicit_float64(param_cotangents, shape):
+  x, scale, offset = inputs(shape)
+  ours = first_and_second_derivatives(second_order_ops.batch_norm_train, x, scale, offset,
+                                      param_cotangents, tf.float32)
+  reference = first_and_second_derivatives(explicit_batch_norm, x, scale, offset,
+                                           param_cotangents, tf.float64)
+  assert_relative(ours, reference, 1e-5)
+
+
+def test_batch_norm_of_a_single_element_per_channel():
+  """N = 1: the output is the offset and every derivative with respect to x is zero (up to
+  float32 round-off of terms of size 1 / sqrt(eps))."""
+  x, scale, offset = inputs((1, 1, 1, 3))
+  ours = first_and_second_derivatives(second_order_ops.batch_norm_train, x, scale, offset,
+                                      True, tf.float32)
+  np.testing.assert_allclose(ours[0].ravel(), offset, rtol=1e-6)
+  assert np.all(np.isfinite(np.concatenate([t.ravel() for t in ours])))
+  assert not np.any(ours[1])
+  np.testing.assert_allclose(ours[4], 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize('jit_compile', [False, True])
+def test_batch_norm_second_derivative_compiled(jit_compile):
+  """Inside tf.function, and compiled by XLA (whose fused BatchNorm returns its variance
+  through its own kernel), the same derivatives as the explicit formula."""
+  x, scale, offset = inputs((4, 6, 6, 3), seed=1)
+  @tf.function(jit_compile=jit_compile)
+  def derivatives(x, scale, offset):
+    rng = np.random.default_rng(7)
+    w2 = tf.constant(rng.normal(size=x.shape), tf.float32)
+    with tf.GradientTape() as outer:
+      outer.watch(x)
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        y = second_order_ops.batch_norm_train(x, scale, offset, EPS)
+        loss = tf.reduce_sum(y * y * y)
+      dx = inner.gradient(loss, x)
+      meta = tf.reduce_sum(w2 * dx * dx)
+    return dx, outer.gradient(meta, x)
+
+  def reference(x, scale, offset):
+    rng = np.random.default_rng(7)
+    w2 = tf.constant(rng.normal(size=x.shape), tf.float64)
+    with tf.GradientTape() as outer:
+      outer.watch(x)
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        y = explicit_batch_norm(x, scale, offset, EPS)
+        loss = tf.reduce_sum(y * y * y)
+      dx = inner.gradient(loss, x)
+      meta = tf.reduce_sum(w2 * dx * dx)
+    return dx, outer.gradient(meta, x)
+
+  ours = derivatives(*(tf.constant(t, tf.float32) for t in (x, scale, offset)))
+  ref = reference(*(tf.constant(t, tf.float64) for t in (x, scale, offset)))
+  for a, b in zip(ours, ref):
+    assert np.max(np.abs(a.numpy() - b.numpy())) <= 1e-5 * np.max(np.abs(b.numpy()))
+
+
+@pytest.mark.parametrize('dtype', [tf.bfloat16, tf.float16])
+def test_batch_norm_second_derivative_in_half_precision(dtype):
+  x, scale, offset = inputs((6, 5, 5, 4), seed=2)
+  half = first_and_second_derivatives(second_order_ops.batch_norm_train, x, scale, offset,
+                                      True, dtype)
+  full = first_and_second_derivatives(second_order_ops.batch_norm_train, x, scale, offset,
+                                      True, tf.float32)
+  for a, b in zip(half, full):
+    cosine = np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)
+    assert cosine > 0.99
+
+
+def pool_derivatives(pool, x, a, dy):
+  """max-pool values, the gradient for output cotangent ``dy``, and the derivative of
+  <a, gradient> with respect to dy (the second-order term a meta-gradient needs)."""
+  with tf.GradientTape() as outer:
+    outer.watch(dy)
+    with tf.GradientTape() as inner:
+      inner.watch(x)
+      y = pool(x)
+    dx = inner.gradient(y, x, output_gradients=dy)
+    inner_product = tf.reduce_sum(a * dx)
+  return y, dx, outer.gradient(inner_product, dy)
+
+
+@pytest.mark.parametrize('dtype', [tf.float32, tf.float64])
+@pytest.mark.parametrize('shape,size', [((3, 8, 8, 4), 2), ((2, 7, 9, 3), 2), ((2, 9, 9, 2), 3)])
+def test_max_pool_derivatives_equal_tensorflows(dtype, shape, size):
+  rng = np.random.default_rng(3)
+  x = tf.constant(rng.normal(size=shape), dtype)
+  out_shape = (shape[0], shape[1] // size, shape[2] // size, shape[3])
+  dy = tf.constant(rng.normal(size=out_shape), dtype)
+  a = tf.constant(rng.normal(size=shape), dtype)
+  ours = pool_derivatives(lambda t: second_order_ops.max_pool(t, size), x, a, dy)
+  theirs = pool_derivatives(lambda t: tf.nn.max_pool2d(t, size, size, 'VALID'), x, a, dy)
+  # Exact for power-of-two windows (a sum pool reads the marked element); one rounding of
+  # the division and multiplication by 9 for size 3.
+  tolerance = 0.0 if size == 2 else 4 * np.finfo(dtype.as_numpy_dtype).eps
+  for p, q in zip(ours, theirs):
+    np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=tolerance, atol=0)
+
+
+def test_max_pool_second_derivative_is_the_adjoint_of_the_gradient_with_ties():
+  """Windows with tied maxima (flat image regions): the gradient goes to one element per
+  window, and the second derivative reads that same element, so <a, grad(dy)> equals
+  <second derivative(a), dy> for every dy."""
+  rng = np.random.default_rng(4)
+  x = tf.constant(np.round(rng.normal(size=(2, 8, 8, 3))), tf.float32)
+  a = tf.constant(rng.normal(size=(2, 8, 8, 3)), tf.float32)
+  for seed in range(3):
+    dy = tf.constant(np.random.default_rng(seed).normal(size=(2, 4, 4, 3)), tf.float32)
+    _, dx, d_dy = pool_derivatives(lambda t: second_order_ops.max_pool(t, 2), x, a, dy)
+    assert np.count_nonzero(dx.numpy()) == dy.shape.num_elements()
+    np.testing.assert_allclose(np.sum(a.numpy() * dx.numpy()), np.sum(d_dy.numpy() * dy.numpy()),
+                               rtol=1e-5)
