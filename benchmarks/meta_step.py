@@ -3,9 +3,12 @@
 The workload of the ALFA paper's 4-CONV experiments: 5-way, 1 or 5 shots, 15 queries per
 class, 84x84x3 images, 48 filters, 5 inner steps, meta-batch 2, one compiled (tf.function)
 outer step with Adam. Each configuration runs in a fresh process so that its peak resident
-memory (ru_maxrss) is its own.
+memory (ru_maxrss) is its own. ``--backbone_dtype`` adds mixed-precision rows: the backbone
+computes in bfloat16 (or float16) while meta-parameters, losses and the update rule stay
+float32 (``GradientLearner(backbone_dtype=...)``).
 
-    python benchmarks/meta_step.py [--iterations 10] [--json benchmarks/results/meta_step.json]
+    python benchmarks/meta_step.py [--iterations 10] [--backbone_dtype float32 bfloat16]
+        [--json benchmarks/results/meta_step.json]
 """
 import argparse
 import json
@@ -20,7 +23,7 @@ CONFIGS = [(learner, shot, order) for shot in (1, 5) for order in ('second', 'fi
            for learner in ('maml', 'alfa_maml')]
 
 
-def run_one(learner_name, shot, order, iterations, warmup):
+def run_one(learner_name, shot, order, backbone_dtype, iterations, warmup):
   """Times one configuration in this process; returns its record."""
   import numpy as np
   import tensorflow as tf
@@ -28,7 +31,7 @@ def run_one(learner_name, shot, order, iterations, warmup):
 
   way, queries, size = 5, 15, 84
   kwargs = dict(num_classes=way, input_shape=(size, size, 3), num_steps=5,
-                first_order=(order == 'first'))
+                first_order=(order == 'first'), backbone_dtype=backbone_dtype)
   backbone = alfa_tf.Conv4(filters=48)
   learner = (alfa_tf.ALFALearner(backbone, **kwargs) if learner_name == 'alfa_maml'
              else alfa_tf.MAMLLearner(backbone, **kwargs))
@@ -53,7 +56,7 @@ def run_one(learner_name, shot, order, iterations, warmup):
     start = time.perf_counter()
     step(batches[i % 3]).numpy()
     times.append(time.perf_counter() - start)
-  return dict(learner=learner_name, shot=shot, order=order,
+  return dict(learner=learner_name, shot=shot, order=order, backbone_dtype=backbone_dtype,
               seconds_per_iter=round(statistics.median(times), 4),
               peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
               tensorflow=tf.__version__, iterations=iterations)
@@ -64,31 +67,39 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--iterations', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--backbone_dtype', nargs='+', default=['float32'],
+                      choices=('float32', 'bfloat16', 'float16'),
+                      help='the dtype(s) the backbone computes in; one table row set each')
   parser.add_argument('--json', help='also write the records to this JSON file')
-  parser.add_argument('--only', nargs=3, metavar=('LEARNER', 'SHOT', 'ORDER'),
+  parser.add_argument('--only', nargs=4, metavar=('LEARNER', 'SHOT', 'ORDER', 'DTYPE'),
                       help='run a single configuration in this process (used internally)')
   args = parser.parse_args()
   if args.only:
-    learner, shot, order = args.only
-    print(json.dumps(run_one(learner, int(shot), order, args.iterations, args.warmup)))
+    learner, shot, order, dtype = args.only
+    print(json.dumps(run_one(learner, int(shot), order, dtype, args.iterations, args.warmup)))
     return
   records = []
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  for learner, shot, order in CONFIGS:
-    out = subprocess.run([sys.executable, __file__, '--only', learner, str(shot), order,
-                          '--iterations', str(args.iterations), '--warmup', str(args.warmup)],
-                         check=True, capture_output=True, text=True, env=env).stdout
-    records.append(json.loads(out.strip().splitlines()[-1]))
-    print(f'done: {records[-1]}', file=sys.stderr)
-  print(f'{"learner":10s} {"shot":>4s} {"order":>6s} {"s/iter":>8s} {"peak RSS MB":>12s}')
+  for dtype in args.backbone_dtype:
+    for learner, shot, order in CONFIGS:
+      out = subprocess.run([sys.executable, __file__, '--only', learner, str(shot), order, dtype,
+                            '--iterations', str(args.iterations), '--warmup', str(args.warmup)],
+                           check=True, capture_output=True, text=True, env=env).stdout
+      records.append(json.loads(out.strip().splitlines()[-1]))
+      print(f'done: {records[-1]}', file=sys.stderr)
+  print(f'{"learner":10s} {"backbone":>8s} {"shot":>4s} {"order":>6s} {"s/iter":>8s} '
+        f'{"peak RSS MB":>12s}')
   for r in records:
-    print(f'{r["learner"]:10s} {r["shot"]:4d} {r["order"]:>6s} {r["seconds_per_iter"]:8.3f} '
-          f'{r["peak_rss_mb"]:12.0f}')
-  by_key = {(r['learner'], r['shot'], r['order']): r['seconds_per_iter'] for r in records}
-  for shot in (1, 5):
-    for order in ('second', 'first'):
-      ratio = by_key[('alfa_maml', shot, order)] / by_key[('maml', shot, order)]
-      print(f'ALFA overhead, {shot}-shot {order}-order: {100 * (ratio - 1):+.1f}%')
+    print(f'{r["learner"]:10s} {r["backbone_dtype"]:>8s} {r["shot"]:4d} {r["order"]:>6s} '
+          f'{r["seconds_per_iter"]:8.3f} {r["peak_rss_mb"]:12.0f}')
+  by_key = {(r['learner'], r['backbone_dtype'], r['shot'], r['order']): r['seconds_per_iter']
+            for r in records}
+  for dtype in args.backbone_dtype:
+    for shot in (1, 5):
+      for order in ('second', 'first'):
+        ratio = by_key[('alfa_maml', dtype, shot, order)] / by_key[('maml', dtype, shot, order)]
+        print(f'ALFA overhead, {dtype} backbone, {shot}-shot {order}-order: '
+              f'{100 * (ratio - 1):+.1f}%')
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(records, f, indent=1)
