@@ -253,11 +253,12 @@ def test_fused_float32_batch_norm_matches_the_explicit_formula(first_order, monk
     assert np.max(np.abs(a.numpy() - b.numpy())) <= 2e-3 * scale + 1e-6
 
 
+@pytest.mark.parametrize('first_order', [True, False])
 @pytest.mark.parametrize('backbone_dtype', ['bfloat16', 'float16'])
-def test_mixed_precision_keeps_meta_parameters_float32(backbone_dtype):
+def test_mixed_precision_keeps_meta_parameters_float32(backbone_dtype, first_order):
   """The backbone computes in 16 bits; meta-parameters, the update rule, losses and their
-  meta-gradients stay float32 and close to the float32 run."""
-  kwargs = dict(num_steps=2, seed=0, first_order=True)
+  (first- or second-order) meta-gradients stay float32 and close to the float32 run."""
+  kwargs = dict(num_steps=2, seed=0, first_order=first_order)
   full = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, **kwargs)
   mixed = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, backbone_dtype=backbone_dtype,
                               **kwargs)
