@@ -21,12 +21,12 @@ def derivatives(batch_norm, x, scale, offset, param_cotangents, dtype):
   With ``param_cotangents`` the outer function reads dscale and doffset as well as dx, so the
   second derivative receives cotangents for all three outputs of the backward pass.
   """
+  param_dtype = tf.float64 if dtype == tf.float64 else tf.float32
   rng = np.random.default_rng(7)
   w = tf.constant(rng.normal(size=x.shape), dtype)
   w2 = tf.constant(rng.normal(size=x.shape), dtype)
-  v = tf.constant(rng.normal(size=scale.shape), tf.float32 if dtype != tf.float64 else dtype)
+  v = tf.constant(rng.normal(size=scale.shape), param_dtype)
   x = tf.cast(x, dtype)
-  param_dtype = tf.float64 if dtype == tf.float64 else tf.float32
   scale, offset = tf.cast(scale, param_dtype), tf.cast(offset, param_dtype)
   with tf.GradientTape() as outer:
     outer.watch([x, scale, offset])
