@@ -50,7 +50,7 @@ def batch_norm_train(x, scale, offset, eps):
         x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=eps,
         exponential_avg_factor=1.0, data_format='NHWC', is_training=True)
     # The op normalises with the biased variance and returns the unbiased one.
-    n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    n = _elements_per_channel(x)
     variance = tf.where(n > 1.0, unbiased_var * ((n - 1.0) / n), tf.zeros_like(unbiased_var))
     inv_sigma = tf.math.rsqrt(variance + eps)
 
@@ -73,7 +73,7 @@ def _batch_norm_backward(eps):
 
     def second_derivative(a, c_scale, c_offset):
       d_g, sum_a_xhat, sum_a = _fused_batch_norm_grad(a, x, scale, reserve, eps)
-      n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+      n = _elements_per_channel(x)
       m_g, m_g_xhat, m_a, m_a_xhat = sum_g / n, sum_g_xhat / n, sum_a / n, sum_a_xhat / n
       a32, g32, x32 = (tf.cast(t, tf.float32) for t in (a, g, x))
       m_ag = tf.reduce_mean(a32 * g32, _NHWC_AXES)
@@ -84,20 +84,27 @@ def _batch_norm_backward(eps):
       # v = p a + q g, so mean(v) and mean(v x_hat) are per-channel combinations.
       p, q = -k * m_g_xhat, c_scale - k * m_a_xhat
       mean_v, mean_v_xhat = p * m_a + q * m_g, p * m_a_xhat + q * m_g_xhat
-      xhat_coef = -inv_sigma * mean_v_xhat - scale * s * inv_sigma**2 / n
-      # x_hat * c = x * (c / sigma) - mean * c / sigma: one pass over x.
-      d_x = tf.add_n([a32 * (inv_sigma * p), g32 * (inv_sigma * q),
-                      x32 * (xhat_coef * inv_sigma)])
-      d_x += -inv_sigma * mean_v - mean * inv_sigma * xhat_coef
+
+      def xhat_times(c):
+        """x_hat * c as x * slope + intercept: one pass over x."""
+        return c * inv_sigma, -mean * inv_sigma * c
+
+      slope, intercept = xhat_times(-inv_sigma * mean_v_xhat - scale * s * inv_sigma**2 / n)
+      d_x = tf.add_n([a32 * (inv_sigma * p), g32 * (inv_sigma * q), x32 * slope])
+      d_x += intercept - inv_sigma * mean_v
       if param_cotangents:
         c_offset = tf.zeros_like(scale) if c_offset is None else c_offset
-        d_g += tf.cast(x32 * (c_scale * inv_sigma) + (c_offset - mean * inv_sigma * c_scale),
-                       d_g.dtype)
+        slope, intercept = xhat_times(c_scale)
+        d_g += tf.cast(x32 * slope + (intercept + c_offset), d_g.dtype)
       return (d_g, tf.cast(d_x, x.dtype), inv_sigma * s) + (None,) * 5
 
     return (dx, sum_g_xhat, sum_g), second_derivative
 
   return backward
+
+
+def _elements_per_channel(x):
+  return tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
 
 
 def _fused_batch_norm_grad(g, x, scale, reserve, eps):
