@@ -16,12 +16,9 @@ from meta_dataset_ext import trainer  # pylint: disable=unused-import
 from meta_dataset_ext import upstream_compat
 from meta_dataset_ext.data import pipeline  # pylint: disable=unused-import
 from meta_dataset_ext.data import sampler  # pylint: disable=unused-import
+from meta_dataset_ext.errors import ConfigError  # Re-exported: gin_setup.ConfigError.
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
-
-
-class ConfigError(ValueError):
-  """A gin file or binding that cannot be used; the message names it."""
 
 
 def resolve(path: str) -> str:

@@ -19,11 +19,11 @@ written as markdown, CSV and results.json, with plots of ALFA's generated alpha 
         --train_checkpoint_dir=runs/sinusoid_alfa --gin_bindings="SinusoidTasks.num_support=5"
 """
 import os
-import sys
 
-from absl import app
 from absl import flags
 import tensorflow as tf
+
+from meta_dataset_ext import cli
 from meta_dataset_ext import gin_setup
 from meta_dataset_ext import report
 from meta_dataset_ext import trainer
@@ -68,12 +68,5 @@ def main(argv):
     print(f'Results written to {os.path.abspath(trainer_.results_dir)}')
 
 
-def run():
-  try:
-    app.run(main)
-  except gin_setup.ConfigError as error:
-    sys.exit(f'Configuration error: {error}')
-
-
 if __name__ == '__main__':
-  run()
+  cli.run(main)

@@ -33,6 +33,7 @@ import tqdm
 
 from alfa_tf import learners as alfa_learners
 from meta_dataset_ext import distribute as distribute_lib
+from meta_dataset_ext import errors
 from meta_dataset_ext import learners as learners_lib
 from meta_dataset_ext import report
 from meta_dataset_ext.data import pipeline
@@ -45,7 +46,7 @@ COMPUTE_DTYPES = (None, 'float32', 'bfloat16', 'float16')
 EPISODE_KEYS = ('support_images', 'support_labels', 'query_images', 'query_labels', 'way')
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(errors.NonFiniteError):
   """A meta-training update produced a non-finite loss or gradient."""
 
 

@@ -63,15 +63,13 @@ import json
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from meta_dataset_ext.errors import DataError  # Re-exported: spec.DataError.
+
 SPEC_FILENAME = "dataset_spec.json"
 DEFAULT_FILE_PATTERN = "{}.tfrecords"
 # Upstream accepts these two patterns; the second (shards) it never reads.
 _SUPPORTED_FILE_PATTERNS = ("{}.tfrecords",)
 _KNOWN_FILE_PATTERNS = ("{}.tfrecords", "{}_{}.tfrecords")
-
-
-class DataError(ValueError):
-  """Bad records or spec input; the message names the file, source or class."""
 
 
 class Split(enum.Enum):
