@@ -9,8 +9,12 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["alfa_tf", "alfa_tf.*",
-                                               "meta_dataset_ext", "meta_dataset_ext.*"]),
-    package_data={"": ["*.gin"]},
+                                               "meta_dataset_ext", "meta_dataset_ext.*"])
+    + ["meta_dataset_ext.configs"],
+    # The gin configs live in gin/ (the paths users type from a checkout) and are installed
+    # as meta_dataset_ext/configs/ (found by meta_dataset_ext.configs_path).
+    package_dir={"meta_dataset_ext.configs": "gin"},
+    package_data={"meta_dataset_ext.configs": ["*.gin"]},
     python_requires=">=3.9",
     install_requires=[
         "tensorflow>=2.15",
@@ -21,6 +25,7 @@ setuptools.setup(
         "absl-py",
         "matplotlib",
         "tqdm",
+        "google-crc32c",
     ],
     extras_require={"test": ["pytest>=7"]},
 )
