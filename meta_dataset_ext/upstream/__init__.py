@@ -2,8 +2,8 @@
 
 The gin files start with ``import meta_dataset_ext.upstream``. Under upstream's
 ``python -m meta_dataset.train`` (its trainer module is loaded before the configs are parsed),
-this registers ``ALFAMAMLLearner`` and ``ALFAProtoMAMLLearner`` (``upstream_learners``) as
-subclasses of upstream's ``MAMLLearner``. Under the project's own trainer it does nothing: the
+this registers ``ALFAMAMLLearner`` and ``ALFAProtoMAMLLearner`` (``learners``) as subclasses of
+upstream's ``MAMLLearner``. Under the project's own trainer it does nothing: the
 same names are the project's learners (``meta_dataset_ext.learners``), and upstream is neither
 imported nor needed.
 """
@@ -18,4 +18,4 @@ def upstream_trainer_loaded() -> bool:
 
 
 if upstream_trainer_loaded():
-  from meta_dataset_ext import upstream_learners  # pylint: disable=unused-import
+  from meta_dataset_ext.upstream import learners  # pylint: disable=unused-import

@@ -20,7 +20,7 @@ upstream_train.install_shims()  # No-op on TF 2.15 with upstream's dependencies.
 from meta_dataset.data import providers
 from meta_dataset.models import functional_backbones
 
-from meta_dataset_ext import upstream_learners
+from meta_dataset_ext.upstream import learners as upstream_learners
 from tests.upstream.episodes import LOGIT_DIM, MAML_ARGS, SHAPE, episode_arrays
 
 def upstream_episode(arrays):

@@ -1,4 +1,4 @@
-"""The ALFA learners for upstream Meta-Dataset's trainer (``meta_dataset_ext.upstream_learners``).
+"""The ALFA learners for upstream Meta-Dataset's trainer (``meta_dataset_ext.upstream.learners``).
 
 Skipped where upstream is not importable (as in CI). Everything that imports upstream runs in
 a fresh interpreter (``adapter_checks``): upstream's gin names would clash with the project's.

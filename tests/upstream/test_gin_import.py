@@ -43,7 +43,7 @@ def test_import_line_loads_no_upstream_and_registers_nothing():
           'gin_setup.parse(["gin/alfa_fo_proto_maml.gin"], []); '
           'import meta_dataset_ext.upstream as u; '
           'print(sorted(m for m in sys.modules if m.split(".")[0] == "meta_dataset"), '
-          'u.upstream_trainer_loaded(), "meta_dataset_ext.upstream_learners" in sys.modules)')
+          'u.upstream_trainer_loaded(), "meta_dataset_ext.upstream.learners" in sys.modules)')
   done = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                         text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]

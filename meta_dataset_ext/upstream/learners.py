@@ -12,8 +12,8 @@ the variable scope ``alfa_meta`` with reuse, so both instances share every meta-
 upstream's ``Saver`` checkpoints them, and its Adam outer loop (``tf.trainable_variables()``)
 meta-trains them. Names avoid the substrings upstream's trainer treats specially.
 
-This module imports upstream; ``meta_dataset_ext.upstream`` imports it only when upstream's
-trainer is loaded.
+This module imports upstream; the package ``meta_dataset_ext.upstream`` (the gin import line)
+imports it only when upstream's trainer is loaded.
 """
 import re
 import threading
