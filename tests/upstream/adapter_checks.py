@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from meta_dataset_ext import upstream_train
+from meta_dataset_ext.upstream import train as upstream_train
 
 upstream_train.install_shims()  # No-op on TF 2.15 with upstream's dependencies.
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from meta_dataset_ext import gin_setup
 from meta_dataset_ext import learners
-from meta_dataset_ext import upstream_train
+from meta_dataset_ext.upstream import train as upstream_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The files that run under both trainers, and the project learner each selects here.
@@ -64,7 +64,7 @@ def test_unsupported_upstream_values_are_rejected_by_name(binding, named):
 
 
 def test_upstream_train_shims_import_gin_tf_on_this_tensorflow():
-  code = ('from meta_dataset_ext import upstream_train; upstream_train.install_shims(); '
+  code = ('from meta_dataset_ext.upstream import train; train.install_shims(); '
           'import gin.tf; from task_adaptation import data_loader; from simclr import data_util; '
           'import tensorflow as tf; print(tf.compat.v1.layers.max_pooling2d.__name__)')
   done = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
