@@ -7,10 +7,13 @@ Symbols (paper section 3; ``../shared`` reference notes):
   g_phi        the hyperparameter generator, an MLP with weights phi: tau -> (alpha_hat, beta_hat).
   alpha0, beta0  meta-learned per-layer, per-step post-multipliers of the generated values.
 
-Every rule is a Keras layer holding only its own meta-parameters. A learner calls
-``rule.build_state(param_shapes, num_steps, rng)`` once with the ordered shapes of the adapted
-tensors (N "layers": weights and biases count separately), then
-``rule.update(params, grads, step) -> (new_params, diagnostics)`` at every inner step.
+Every rule is a Keras layer holding only its own meta-parameters. It is built once with
+``rule.build_state(param_shapes, num_steps, rng)``: the ordered shapes of the adapted tensors
+(N "layers": weights and biases count separately) and S = num_steps (learners call it;
+``inner_loop.adapt`` builds an unbuilt rule itself, seeded with 0). Then, per task,
+``rule.initialize(params, grads) -> (theta_{i,0}, diagnostics)`` maps theta_0 to the task's
+starting point (only when ``needs_initial_gradient``; identity otherwise) and
+``rule.update(params, grads, step) -> (new_params, diagnostics)`` runs inner step j = step.
 Evaluation may run more steps than training: steps >= num_steps reuse the last step's
 per-step meta-parameters.
 """
@@ -26,9 +29,11 @@ Params = 'collections.OrderedDict[str, tf.Tensor]'
 
 
 class UpdateRule(tf.keras.layers.Layer):
-  """Base class. ``needs_initial_gradient``: call ``initialize`` before the first step."""
+  """Base class. ``needs_initial_gradient``: call ``initialize`` before the first step, with
+  the support-loss gradient at theta_0. ``param_names`` is None until ``build_state``."""
 
   needs_initial_gradient = False
+  param_names = None
 
   def build_state(self, param_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
                   rng: np.random.Generator) -> None:
@@ -47,9 +52,10 @@ class UpdateRule(tf.keras.layers.Layer):
     return min(step, self.num_steps - 1)
 
   def initialize(self, params, grads):
-    """Maps theta_0 to the task's starting point (identity unless overridden)."""
+    """(theta_{i,0}, diagnostics): the task's starting point from theta_0 and the support-loss
+    gradient there (identity, no diagnostics, unless overridden)."""
     del grads
-    return params
+    return params, {}
 
   def update(self, params, grads, step: int):
     raise NotImplementedError
@@ -142,13 +148,17 @@ class ALFA(UpdateRule):
       theta <- (1 - beta_pp * beta_hat * beta0[l, j]) * theta - alpha_hat * alpha0[l, j] * grad.
     alpha_mode, beta_mode: one of HYPERPARAMETER_MODES (Table 6 ablations).
     learning_state: 'both', 'weights' or 'gradients': what g_phi sees (Table 5).
-    l2f: ALFA + L2F: also attenuate theta_0 per task (``L2FAttenuation``).
+    l2f: ALFA + L2F: also attenuate theta_0 per task (``L2FAttenuation``); its task
+      embedding stays differentiable, in both orders, as in the authors' code.
+    l2f_detach_embedding: treat L2F's task embedding as a constant instead (no second
+      derivatives of the support loss in first-order runs; not the authors' behaviour).
   """
 
   def __init__(self, alpha_init: float = 0.01, beta_init: float = None,
                random_init: bool = False, beta_pp_init: float = 5e-6,
                alpha_mode: str = 'adaptive', beta_mode: str = 'adaptive',
-               learning_state: str = 'both', l2f: bool = False, **kwargs):
+               learning_state: str = 'both', l2f: bool = False,
+               l2f_detach_embedding: bool = False, **kwargs):
     super().__init__(**kwargs)
     if alpha_mode not in HYPERPARAMETER_MODES[:-1]:
       raise ValueError(f'alpha_mode must be one of {HYPERPARAMETER_MODES[:-1]}, '
@@ -165,6 +175,7 @@ class ALFA(UpdateRule):
     self.random_init, self.beta_pp_init = random_init, beta_pp_init
     self.alpha_mode, self.beta_mode = alpha_mode, beta_mode
     self.learning_state, self.l2f = learning_state, l2f
+    self.l2f_detach_embedding = l2f_detach_embedding
     self.needs_initial_gradient = l2f
 
   @property
@@ -192,7 +203,8 @@ class ALFA(UpdateRule):
                                   for name in self.param_names),
           dtype=self.dtype, name='beta_pp')
     if self.l2f:
-      self.attenuation = L2FAttenuation(n, rng, dtype=self.dtype, name='l2f_attenuation')
+      self.attenuation = L2FAttenuation(n, rng, self.l2f_detach_embedding, dtype=self.dtype,
+                                        name='l2f_attenuation')
 
   def _multiplier(self, value, mode, j):
     """The meta-learned factor of every tensor at step j, as a [N] tensor."""
@@ -215,8 +227,9 @@ class ALFA(UpdateRule):
             'gradients': lambda: grad_means}[self.learning_state]()
 
   def initialize(self, params, grads):
+    """ALFA + L2F: gamma * theta_0 (``L2FAttenuation.attenuate``); theta_0 otherwise."""
     if not self.l2f:
-      return params
+      return params, {}
     return self.attenuation.attenuate(params, grads, self.param_names)
 
   def update(self, params, grads, step):
@@ -242,18 +255,33 @@ class ALFA(UpdateRule):
 
 
 class L2FAttenuation(tf.keras.layers.Layer):
-  """L2F's task-conditioned attenuation of theta_0 (Baik et al., CVPR 2020), for ALFA + L2F:
-  gamma = sigmoid(Linear(N, N)(ReLU(Linear(N, N)(layer means of the gradients at theta_0)))),
-  and the task starts from gamma_l * theta_0[l]. The gradient means are a constant input."""
+  """L2F's task-conditioned attenuation of theta_0 (Baik et al., CVPR 2020), for ALFA + L2F.
 
-  def __init__(self, num_tensors: int, rng: np.random.Generator, **kwargs):
+  The task embedding is e = [mean(grad_l) for l], the layer means of the support-loss gradient
+  at the unattenuated theta_0; gamma = sigmoid(Linear(N, N)(ReLU(Linear(N, N)(e)))), one
+  scalar per adapted tensor, and the task starts from theta_0'[l] = gamma_l * theta_0[l].
+
+  As in the authors' code, e is differentiable (its gradient is taken under the outer tape,
+  in first- and second-order runs alike): the meta-gradient reaches theta_0 and BatchNorm's
+  scale/offset also through e -> gamma, which takes second derivatives of the support loss
+  once per task. ``detach_embedding`` makes e a constant instead.
+  """
+
+  def __init__(self, num_tensors: int, rng: np.random.Generator,
+               detach_embedding: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.net = HyperparameterGenerator(num_tensors, num_tensors, rng, dtype=self.dtype,
                                        name='attenuator')
+    self.detach_embedding = detach_embedding
     self.built = True
 
   def attenuate(self, params, grads, names):
-    """Returns {name: gamma_l * theta_l} for the adapted tensors ``names``."""
-    grad_means = tf.stop_gradient(tf.stack([tf.reduce_mean(grads[name]) for name in names]))
-    gamma = tf.unstack(tf.sigmoid(self.net(grad_means)))
-    return collections.OrderedDict((name, g * params[name]) for name, g in zip(names, gamma))
+    """({name: gamma_l * theta_l} for the adapted tensors ``names``, diagnostics): the
+    diagnostics are 'embedding' (e, [N]) and 'gamma' ([N])."""
+    embedding = tf.stack([tf.reduce_mean(grads[name]) for name in names])
+    if self.detach_embedding:
+      embedding = tf.stop_gradient(embedding)
+    gamma = tf.sigmoid(self.net(embedding))
+    attenuated = collections.OrderedDict(
+        (name, g * params[name]) for name, g in zip(names, tf.unstack(gamma)))
+    return attenuated, {'embedding': embedding, 'gamma': gamma}

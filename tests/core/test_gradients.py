@@ -5,7 +5,8 @@ the inner gradients constant; autodiff is meant to treat those values as constan
 finite differences therefore evaluate the meta-loss with every ``tf.stop_gradient`` value
 frozen at the unperturbed point (``FrozenStopGradients``); with that, second-order
 meta-gradients of every meta-parameter (theta_0, phi, alpha0, beta0, beta_pp) and first-order
-ones must both match to 1e-4.
+ones must both match to 1e-4. Freezing would also hide a detachment the method does not
+prescribe, so L2F's differentiable task embedding is checked where nothing needs freezing.
 """
 import numpy as np
 import pytest
@@ -18,10 +19,10 @@ TOLERANCE = 1e-4
 NOISE_FLOOR = 1e-9  # absolute: float64 round-off of the meta-loss divided by 2 * EPS
 
 
-def smooth_learner(random_init=False, first_order=False, head='linear', l2f=False):
+def smooth_learner(random_init=False, first_order=False, head='linear', **alfa_kwargs):
   """A softplus / average-pooling 4-CONV, with weight decay large enough to be measurable."""
   backbone = alfa_tf.Conv4(filters=4, num_blocks=2, activation='softplus', pooling='avg')
-  alfa_kwargs = dict(l2f=l2f, beta_init=0.05, beta_pp_init=0.05)
+  alfa_kwargs = dict(dict(beta_init=0.05, beta_pp_init=0.05), **alfa_kwargs)
   return alfa_tf.ALFALearner(backbone, num_classes=3, input_shape=(8, 8, 3), num_steps=2,
                              random_init=random_init, first_order=first_order, head=head,
                              dtype='float64', seed=3, alfa_kwargs=alfa_kwargs)
@@ -54,10 +55,13 @@ class FrozenStopGradients:
     self.recording, self.position = False, 0
 
 
-def finite_difference_errors(learner, batch, monkeypatch, num_directions=2, seed=1):
-  """{variable#k: (error, fd, autodiff)} along random directions of every meta-parameter."""
+def finite_difference_errors(learner, batch, monkeypatch, num_directions=2, seed=1,
+                             freeze=True):
+  """{variable#k: (error, fd, autodiff)} along random directions of every meta-parameter;
+  ``freeze``: with every stop-gradient value frozen (else the plain meta-loss)."""
   frozen = FrozenStopGradients()
-  monkeypatch.setattr(tf, 'stop_gradient', frozen)
+  if freeze:
+    monkeypatch.setattr(tf, 'stop_gradient', frozen)
   _, grads = learner.meta_gradients(batch)
   rng = np.random.default_rng(seed)
   errors = {}
@@ -104,6 +108,40 @@ def test_proto_head_and_l2f_meta_gradients_match_finite_differences(monkeypatch)
   errors = finite_difference_errors(smooth_learner(head='proto', l2f=True), episodes(),
                                     monkeypatch, num_directions=1)
   assert_match(errors, ('block1.w', 'attenuator', 'alpha0'))
+
+
+def l2f_only_learner(first_order, **alfa_kwargs):
+  """ALFA + L2F where no detached value reaches the meta-loss: alpha fixed at 0 (the inner
+  gradients, constant in first order, do not move theta) and g_phi sees only the weights
+  (not the detached gradient means). What the inner loop still does: L2F's attenuation and
+  the generated weight decay. The attenuator's first layer is scaled up so that gamma depends
+  measurably on the embedding (the layer means of the gradients are small)."""
+  learner = smooth_learner(first_order=first_order, l2f=True, alpha_mode='constant',
+                           alpha_init=0.0, learning_state='weights', **alfa_kwargs)
+  w1 = learner.update_rule.attenuation.net.w1
+  w1.assign(30.0 * w1.numpy())
+  return learner
+
+
+@pytest.mark.parametrize('first_order', [False, True])
+def test_l2f_task_embedding_is_differentiable_in_both_orders(first_order, monkeypatch):
+  """As in the authors' code, the meta-gradient flows theta_0 and BatchNorm's scale/offset ->
+  support gradient at theta_0 -> task embedding -> gamma, in first order too. Nothing is
+  frozen here, so a detached embedding (or its gradient taken outside the outer tape) fails."""
+  errors = finite_difference_errors(l2f_only_learner(first_order), episodes(), monkeypatch,
+                                    freeze=False)
+  assert_match(errors, ('block0.w', 'bn_scale', 'bn_offset', 'head.w', 'attenuator', 'beta0'))
+
+
+def test_detached_l2f_embedding_is_an_option_the_check_above_rejects(monkeypatch):
+  """``l2f_detach_embedding=True`` cuts that path: the same check finds the gradients of
+  theta_0 and BatchNorm wrong (it would catch the detachment if it were the default)."""
+  errors = finite_difference_errors(
+      l2f_only_learner(first_order=True, l2f_detach_embedding=True), episodes(), monkeypatch,
+      freeze=False)
+  wrong = {name for name, (error, _, _) in errors.items() if error > 100 * TOLERANCE}
+  assert any('bn_scale' in name for name in wrong) and any('block0.w' in name for name in wrong)
+  assert not any('attenuator' in name for name in wrong), wrong
 
 
 def test_first_and_second_order_differ_but_share_forward_values():
