@@ -1,10 +1,15 @@
 """Agreement with the authors' PyTorch ALFA code, tensor by tensor, in float64.
 
-For MAML, ALFA+MAML and ALFA+Random, first and second order: support losses and logits per
-step, adapted weights after every step, the support gradient at theta_0, g_phi's input and
-outputs, query logits and losses, the meta-loss and every meta-gradient, to 1e-9 of each
-tensor's scale.
+For MAML, ALFA+MAML, ALFA+Random and ALFA+L2F, first and second order, every value a file
+holds: support losses and logits per step, adapted weights after every step, the support
+gradient at the first step, g_phi's input and outputs, L2F's support loss at theta_0, task
+embedding, gamma and attenuated theta_0', query logits and losses, the meta-loss and every
+meta-gradient, to 1e-9 of each tensor's scale. Each file's configuration and inner-loop
+tensors are read from the file (``golden.read_config``, ``golden.inner_tensors``).
 """
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,68 +17,118 @@ import tensorflow as tf
 import alfa_tf
 from tests.core import golden as G
 
-VARIANTS = [('maml', False, False), ('alfa_maml', True, False), ('alfa_random', True, True)]
+FILES = [f'{variant}_{order}' for variant in ('maml', 'alfa_maml', 'alfa_random', 'alfa_l2f')
+         for order in ('second', 'first')]
+# Inputs and metadata; 'accuracy' is informational (it follows from the query logits).
+NOT_COMPARED = ('config_json', 'dtype', 'torch_version', 'meta_learned_names', 'inner_keys',
+                'x_support', 'y_support', 'x_query', 'y_query', 'accuracy')
+# Per-step diagnostics of the ALFA rule under the reference's names.
+ALFA_DIAGNOSTICS = (('embedding', 'learning_state'), ('alpha_hat', 'alpha_hat'),
+                    ('beta_hat', 'beta_hat'))
+L2F_DIAGNOSTICS = (('l2f_support_loss', 'loss'), ('l2f_embedding', 'embedding'),
+                   ('l2f_gamma', 'gamma'))
 
 
-@pytest.mark.parametrize('order', ['second', 'first'])
-@pytest.mark.parametrize('variant,alfa,random_init', VARIANTS)
-def test_matches_reference(variant, alfa, random_init, order):
-  ref = G.load(f'{variant}_{order}')
-  learner = G.build_learner(ref, alfa, random_init, first_order=(order == 'first'))
-  targets = G.meta_parameter_targets(learner, alfa, random_init)
+def our_values(learner, ref, config):
+  """{golden key: our value in the golden layout} for every value our meta-iteration has."""
+  targets = G.meta_parameter_targets(learner, ref, config)
   with tf.GradientTape() as tape:
     outs = [learner.episode_output(ep) for ep in G.episodes(ref)]
     loss = tf.add_n([o.query_loss for o in outs]) / len(outs)
   grads = tape.gradient(loss, {k: v for k, (v, _) in targets.items()})
-
-  G.assert_close('loss', loss, ref['loss'])
+  per_task = lambda value: np.stack([value(o) for o in outs])
+  values = {'loss': loss,
+            'support_loss': per_task(lambda o: tf.stack(o.adaptation.losses)),
+            'query_logits': per_task(lambda o: o.query_logits),
+            'query_loss': per_task(lambda o: o.query_loss)}
+  if config.alfa:
+    for key, ours in ALFA_DIAGNOSTICS:
+      values[key] = per_task(lambda o, k=ours: tf.stack([d[k] for d in o.adaptation.diagnostics]))
+  if config.l2f:
+    for key, ours in L2F_DIAGNOSTICS:
+      values[key] = per_task(lambda o, k=ours: o.adaptation.init_diagnostics[k])
   for t, out in enumerate(outs):
     adaptation = out.adaptation
-    G.assert_close(f'support_loss[{t}]', tf.stack(adaptation.losses), ref['support_loss'][t])
-    G.assert_close(f'query_logits[{t}]', out.query_logits, ref['query_logits'][t])
-    G.assert_close(f'query_loss[{t}]', out.query_loss, ref['query_loss'][t])
-    if alfa:
-      for key, ours in (('embedding', 'learning_state'), ('alpha_hat', 'alpha_hat'),
-                        ('beta_hat', 'beta_hat')):
-        G.assert_close(f'{key}[{t}]', tf.stack([d[ours] for d in adaptation.diagnostics]),
-                       ref[key][t])
-  first = outs[0].adaptation
-  G.assert_close('task0/support_logits', tf.stack(first.aux), ref['task0/support_logits'])
-  for torch_name, ours in G.INNER:
-    G.assert_close(f'task0/adapted/{torch_name}',
-                   [G.to_torch_layout(p[ours]) for p in first.trajectory],
-                   ref[f'task0/adapted/{torch_name}'])
-    G.assert_close(f'task0/support_grad_step0/{torch_name}',
-                   G.to_torch_layout(first.grads[0][ours]),
-                   ref[f'task0/support_grad_step0/{torch_name}'])
-
+    values[f'task{t}/support_logits'] = tf.stack(adaptation.aux)
+    for torch_name, ours in G.inner_tensors(ref):
+      values[f'task{t}/adapted/{torch_name}'] = [G.to_torch_layout(p[ours])
+                                                 for p in adaptation.trajectory]
+      values[f'task{t}/support_grad_step0/{torch_name}'] = G.to_torch_layout(
+          adaptation.grads[0][ours])
+      if config.l2f:
+        values[f'task{t}/attenuated/{torch_name}'] = G.to_torch_layout(
+            adaptation.initial_params[ours])
   for key, (_, to_reference_layout) in targets.items():
-    reference = ref[key]
-    ours = to_reference_layout(grads[key].numpy())
-    if reference.shape == (learner.num_steps + 1,):
-      # alpha0/beta0 have S+1 entries in the reference; the last is never used.
-      assert abs(reference[-1]) == 0.0, key
-      reference = reference[:-1]
-    G.assert_close(key, ours, reference)
+    values[key] = to_reference_layout(grads[key].numpy())
+  return values
 
 
-def test_every_meta_learned_tensor_is_compared():
+def compared_keys(ref, config):
+  """The golden keys to compare: all but inputs, metadata and initial parameters (and, for
+  random init, the classifier's gradients, which the reference computes but does not use)."""
+  unused = r'grad/classifier\.' if config.random_init else None
+  return {key for key in ref if key not in NOT_COMPARED and not key.startswith('param/')
+          and not (unused and re.match(unused, key))}
+
+
+@pytest.mark.parametrize('name', FILES)
+def test_matches_reference(name):
+  ref = G.load(name)
+  config = G.read_config(ref)
+  values = our_values(G.build_learner(ref, config), ref, config)
+  expected = compared_keys(ref, config)
+  assert expected <= set(values), sorted(expected - set(values))
+  for key in sorted(expected):
+    G.assert_close(key, values[key], ref[key])
+
+
+@pytest.mark.parametrize('name', FILES)
+def test_configuration_is_read_from_the_file(name):
+  ref = G.load(name)
+  config = G.read_config(ref)
+  variant, order = name.rsplit('_', 1)
+  assert (config.alfa, config.random_init, config.l2f) == {
+      'maml': (False, False, False), 'alfa_maml': (True, False, False),
+      'alfa_random': (True, True, False), 'alfa_l2f': (True, False, True)}[variant]
+  assert config.first_order == (order == 'first')
+  assert (config.filters, config.image_shape, config.way, config.shot, config.queries,
+          config.num_steps, config.num_tasks) == (8, (28, 28, 3), 5, 1, 3, 5, 2)
+
+
+def test_alpha0_and_beta0_are_identified_by_name_not_shape():
+  """With S = 4 inner steps, alpha0/beta0 (S + 1 entries) have the shape of the 5-way linear
+  bias: the targets still map only names_alpha_dict / names_beta_dict to the rule."""
+  ref = G.load('alfa_maml_second')
+  config = dataclasses.replace(G.read_config(ref), num_steps=4)
+  learner = G.build_learner(ref, config)
+  targets = G.meta_parameter_targets(learner, ref, config)
+  bias = targets['grad/classifier.layer_dict.linear.bias']
+  assert bias[0] is learner.theta0['head.b']
+  np.testing.assert_array_equal(bias[1](np.arange(5.0)), np.arange(5.0))
+  alpha = targets['grad/inner_loop_optimizer.names_alpha_dict.layer_dict-linear-bias']
+  assert alpha[0] is learner.update_rule.alpha0
+  assert alpha[1](np.ones((10, 4))).shape == (5,)
+  np.testing.assert_array_equal(learner.update_rule.alpha0.numpy(), np.full((10, 4), 0.01))
+
+
+@pytest.mark.parametrize('variant', ['maml', 'alfa_maml', 'alfa_random', 'alfa_l2f'])
+def test_every_meta_learned_tensor_is_compared(variant):
   """The comparison above covers exactly what the reference's Adam updates."""
-  for variant, alfa, random_init in VARIANTS:
-    ref = G.load(f'{variant}_second')
-    learner = G.build_learner(ref, alfa, random_init, first_order=False)
-    targets = G.meta_parameter_targets(learner, alfa, random_init)
-    # BatchNorm running statistics are listed but never used (no gradient): not ours.
-    expected = {f'grad/{name}' for name in ref['meta_learned_names'] if 'running_' not in name}
-    assert set(targets) == expected, variant
-    assert len(learner.trainable_variables) == len({id(v) for v, _ in targets.values()})
+  ref = G.load(f'{variant}_second')
+  config = G.read_config(ref)
+  learner = G.build_learner(ref, config)
+  targets = G.meta_parameter_targets(learner, ref, config)
+  # BatchNorm running statistics are listed but never used (no gradient): not ours.
+  expected = {f'grad/{name}' for name in ref['meta_learned_names'] if 'running_' not in name}
+  assert set(targets) == expected, variant
+  assert len(learner.trainable_variables) == len({id(v) for v, _ in targets.values()})
 
 
 def test_flatten_order_matches_reference_at_32px():
   """At 32x32 the last feature map is 2x2: features are flattened in (C, H, W) order."""
   ref = G.load('aux_flatten_32px')
-  learner = G.build_learner(ref, alfa=False, random_init=False, first_order=True,
-                            image_size=32)
+  # The file holds the classifier only (its run's g_phi is not stored): a MAML learner.
+  learner = G.build_learner(ref, dataclasses.replace(G.read_config(ref), alfa=False))
   theta, fixed = learner._read_theta0()
   images = tf.constant(ref['x'].transpose(0, 2, 3, 1))
   labels = tf.constant(ref['y'])
@@ -81,7 +136,7 @@ def test_flatten_order_matches_reference_at_32px():
       lambda p: _loss_and_logits(learner, {**fixed, **p}, images, labels), theta)
   G.assert_close('logits', logits, ref['logits'])
   G.assert_close('loss', loss, ref['loss'])
-  for torch_name, ours in G.INNER:
+  for torch_name, ours in G.inner_tensors(ref):
     G.assert_close(torch_name, G.to_torch_layout(grads[ours]),
                    ref[f'support_grad/{torch_name}'])
 
