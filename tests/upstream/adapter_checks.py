@@ -12,9 +12,9 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from meta_dataset_ext.upstream import train as upstream_train
+from meta_dataset_ext.upstream import patches
 
-upstream_train.install_shims()  # No-op on TF 2.15 with upstream's dependencies.
+patches.install_shims()  # No-op on TF 2.15 with upstream's dependencies.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from meta_dataset.data import providers

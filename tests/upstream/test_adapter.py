@@ -30,8 +30,8 @@ def upstream_unavailable():
   """Why upstream cannot be imported here (None if it can)."""
   if importlib.util.find_spec('meta_dataset') is None:
     return 'upstream Meta-Dataset (meta_dataset) is not installed'
-  done = run_python('-c', 'from meta_dataset_ext.upstream import train; '
-                    'train.install_shims(); import meta_dataset.trainer')
+  done = run_python('-c', 'from meta_dataset_ext.upstream import patches; '
+                    'patches.install_shims(); import meta_dataset.trainer')
   if done.returncode:
     return 'upstream Meta-Dataset does not import: ' + done.stderr.strip().splitlines()[-1]
   return None

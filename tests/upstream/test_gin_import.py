@@ -9,13 +9,10 @@ import subprocess
 import sys
 
 import gin
-import numpy as np
 import pytest
-import tensorflow as tf
 
 from meta_dataset_ext import gin_setup
 from meta_dataset_ext import learners
-from meta_dataset_ext.upstream import train as upstream_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The files that run under both trainers, and the project learner each selects here.
@@ -61,27 +58,3 @@ def test_unsupported_upstream_values_are_rejected_by_name(binding, named):
   gin.clear_config()
   with pytest.raises(gin_setup.ConfigError, match=named):
     gin_setup.parse(['gin/alfa_fo_maml.gin'], [binding])
-
-
-def test_upstream_train_shims_import_gin_tf_on_this_tensorflow():
-  code = ('from meta_dataset_ext.upstream import train; train.install_shims(); '
-          'import gin.tf; from task_adaptation import data_loader; from simclr import data_util; '
-          'import tensorflow as tf; print(tf.compat.v1.layers.max_pooling2d.__name__)')
-  done = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
-                        text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert done.stdout.strip().endswith('max_pooling2d')
-
-
-def test_placeholder_module_names_the_missing_package_when_used():
-  module = upstream_train.MissingModule('tensorflow_addons')
-  with pytest.raises(ImportError, match="'tensorflow_addons'"):
-    module.image.rotate(None)
-
-
-def test_legacy_layers_match_keras():
-  images = tf.random.stateless_normal((2, 9, 9, 3), seed=(1, 2))
-  pooled = upstream_train.max_pooling2d(images, [2, 2], 2)
-  np.testing.assert_allclose(pooled, tf.keras.layers.MaxPooling2D(2, 2)(images))
-  flat = upstream_train.flatten(pooled)
-  np.testing.assert_allclose(flat, tf.keras.layers.Flatten()(pooled))
