@@ -1,11 +1,16 @@
-"""Gin entry point of the ALFA learners for upstream Meta-Dataset's trainer.
+"""Everything for upstream Meta-Dataset's own trainer; this module is the configs' gin import.
 
 The gin files start with ``import meta_dataset_ext.upstream``. Under upstream's
 ``python -m meta_dataset.train`` (its trainer module is loaded before the configs are parsed),
-this registers ``ALFAMAMLLearner`` and ``ALFAProtoMAMLLearner`` (``learners``) as subclasses of
-upstream's ``MAMLLearner``. Under the project's own trainer it does nothing: the
-same names are the project's learners (``meta_dataset_ext.learners``), and upstream is neither
-imported nor needed.
+this makes upstream's ImageNet episode sampler work on this numpy (``patches.patch_sampler``)
+and registers ``ALFAMAMLLearner`` and ``ALFAProtoMAMLLearner`` (``learners``) as subclasses of
+upstream's ``MAMLLearner``. Under the project's own trainer it does nothing: the same names are
+the project's learners (``meta_dataset_ext.learners``), and upstream is neither imported nor
+needed.
+
+Modules: ``learners`` (the ALFA learners), ``patches`` (what upstream needs on current
+TensorFlow and numpy), ``train`` (``python -m meta_dataset_ext.upstream.train``: upstream's
+trainer on TF >= 2.16).
 """
 import sys
 
@@ -18,4 +23,7 @@ def upstream_trainer_loaded() -> bool:
 
 
 if upstream_trainer_loaded():
+  # pylint: disable=g-import-not-at-top
+  from meta_dataset_ext.upstream import patches
   from meta_dataset_ext.upstream import learners  # pylint: disable=unused-import
+  patches.patch_sampler()

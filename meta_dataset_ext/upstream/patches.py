@@ -1,7 +1,7 @@
-r"""In-process patches that let upstream Meta-Dataset run unchanged on current TensorFlow.
+r"""In-process patches that let upstream Meta-Dataset run unchanged on current TensorFlow and
+numpy. Each changes only what is missing or broken here; upstream's files are never edited.
 
-Upstream does not import on TF >= 2.16. ``install_shims``, called before importing upstream,
-changes only what is missing:
+``install_shims``, before importing upstream (it does not import on TF >= 2.16):
   - sets ``tf.estimator = SimpleNamespace(SessionRunHook=object)`` (gin.tf needs it);
   - gives ``tf.compat.v1.layers`` the two functions upstream's backbones call that Keras 3
     removed (``max_pooling2d``, ``flatten``), as plain TF ops, and lets
@@ -11,18 +11,28 @@ changes only what is missing:
     but the episodic learners never use (tensorflow_addons, task_adaptation, tensorflow_hub,
     tensorflow_probability, simclr): touching them is fine, calling anything from them raises
     an ImportError that names the missing package.
-On TF 2.15 with upstream's dependencies installed nothing is changed. Upstream's files are
-never edited.
+  On TF 2.15 with upstream's dependencies installed it changes nothing.
+
+``patch_sampler``, once upstream is importable: its episode sampler for a source with a DAG
+ontology (``ilsvrc_2012``, the shipped configs' training source) fails on numpy >= 1.24, which
+no longer makes arrays of lists of different lengths; the patch makes the sampler draw the
+same episodes as on older numpy. It changes nothing on numpy < 1.24.
+
+``meta_dataset_ext.upstream`` (the configs' gin import line) calls ``patch_sampler`` under
+upstream's trainer; ``meta_dataset_ext.upstream.train`` calls both before upstream's ``main``.
 """
+import functools
 import importlib
 import sys
 import types
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
 OPTIONAL_MODULES = ('tensorflow_addons', 'task_adaptation', 'tensorflow_hub',
                     'tensorflow_probability', 'simclr')
+SAMPLER = 'meta_dataset.data.sampling.EpisodeDescriptionSampler'
 
 
 class MissingModule(types.ModuleType):
@@ -116,3 +126,52 @@ def install_shims() -> list:
       sys.modules[name] = MissingModule(name)
       patched.append(name)
   return patched
+
+
+def numpy_rejects_ragged_lists() -> bool:
+  """Whether ``np.array`` refuses lists of different lengths (numpy >= 1.24) instead of
+  making a 1-D array of objects (older numpy, with a deprecation warning)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    try:
+      np.array([[0], [0, 1]])
+    except ValueError:
+      return True
+  return False
+
+
+def object_array(items) -> np.ndarray:
+  """A 1-D array of dtype object whose elements are ``items``, unchanged (lists of any
+  lengths, as numpy < 1.24 made from a ragged list)."""
+  array = np.empty(len(items), dtype=object)
+  for i, item in enumerate(items):
+    array[i] = item
+  return array
+
+
+def patch_sampler() -> list:
+  """Lets upstream's episode sampler use a DAG ontology on numpy >= 1.24; returns what was
+  patched (nothing on older numpy, or when patched already). Imports upstream's sampler.
+
+  For a source with a DAG ontology, upstream's ``EpisodeDescriptionSampler`` keeps, per
+  eligible node, the list of the leaf classes below it (``span_leaves_rel``, lists of different
+  lengths) and draws an episode's classes with ``rng.choice(span_leaves_rel)``: numpy >= 1.24
+  raises "inhomogeneous shape" there. After each sampler is built, the patch stores those
+  lists as the 1-D object array that numpy < 1.24 made from them, so ``choice`` draws the same
+  node from the same random state as upstream did there.
+  """
+  from meta_dataset.data import sampling  # pylint: disable=g-import-not-at-top
+  sampler = sampling.EpisodeDescriptionSampler
+  if getattr(sampler.__init__, 'patched_by_alfa_tf', False) or not numpy_rejects_ragged_lists():
+    return []
+  original = sampler.__init__
+
+  @functools.wraps(original)
+  def __init__(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    if hasattr(self, 'span_leaves_rel'):  # Set only when sampling with the DAG ontology.
+      self.span_leaves_rel = object_array(self.span_leaves_rel)
+
+  __init__.patched_by_alfa_tf = True
+  sampler.__init__ = __init__
+  return [SAMPLER]

@@ -4,8 +4,9 @@ r"""Upstream Meta-Dataset's trainer on current TensorFlow (>= 2.16), without cha
         --records_root_dir=RECORDS --train_checkpoint_dir=runs/alfa_fo_proto_maml
 
 takes exactly ``python -m meta_dataset.train``'s flags and runs its ``main``, after
-``patches.install_shims`` has made upstream importable on this TensorFlow (nothing is changed
-on TF 2.15 with upstream's dependencies installed).
+``patches.install_shims`` has made upstream importable on this TensorFlow and
+``patches.patch_sampler`` has made its ImageNet episode sampler work on this numpy (so that
+upstream's own configs run too). Nothing is changed where nothing is missing or broken.
 """
 import runpy
 import sys
@@ -15,6 +16,7 @@ from meta_dataset_ext.upstream import patches
 
 def main():
   patched = patches.install_shims()
+  patched += patches.patch_sampler()
   if patched:
     print(f'meta_dataset_ext.upstream.train: patched {", ".join(patched)}', file=sys.stderr)
   sys.argv[0] = 'meta_dataset.train'

@@ -17,11 +17,24 @@ from meta_dataset_ext.upstream import patches
 patches.install_shims()  # No-op on TF 2.15 with upstream's dependencies.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from meta_dataset.data import config as data_config
+from meta_dataset.data import dataset_spec
+from meta_dataset.data import learning_spec
 from meta_dataset.data import providers
+from meta_dataset.data import sampling
 from meta_dataset.models import functional_backbones
 
 from meta_dataset_ext.upstream import learners as upstream_learners
 from tests.upstream.episodes import LOGIT_DIM, MAML_ARGS, SHAPE, episode_arrays
+
+# The shipped configs' variable-way, variable-shot episodes.
+EPISODES = dict(num_ways=None, num_support=None, num_query=None, min_ways=5,
+                max_ways_upper_bound=50, max_num_query=10, max_support_set_size=500,
+                max_support_size_contrib_per_class=100, min_log_weight=np.log(0.5),
+                max_log_weight=np.log(2.0), ignore_dag_ontology=False,
+                ignore_bilevel_ontology=False, ignore_hierarchy_probability=0.0,
+                simclr_episode_fraction=0.0)
+
 
 def upstream_episode(arrays):
   tensors = {k: tf.constant(v) for k, v in arrays.items()}
@@ -101,6 +114,35 @@ def check_graph_logits(path):
       train_logits, eval_logits = session.run(logits)
   np.savez(path, train_logits=train_logits, eval_logits=eval_logits,
            **{f'weight_{i}': value for i, value in enumerate(values)})
+
+
+def check_sampler(records_root):
+  """Upstream's episode sampler with the DAG ontology of the hierarchical test source
+  (``tests.upstream.sources``) fails on this numpy exactly where ``patch_sampler`` patches it;
+  patched, every episode's classes are all the leaves below one eligible node, and every such
+  node is drawn."""
+  spec = dataset_spec.load_dataset_spec(os.path.join(records_root, 'ilsvrc_2012'))
+
+  def sampler():
+    return sampling.EpisodeDescriptionSampler(
+        spec, learning_spec.Split.TRAIN, data_config.EpisodeDescriptionConfig(**EPISODES),
+        use_dag_hierarchy=True)
+
+  try:
+    sampler().sample_episode_description()
+    failed = False
+  except ValueError as error:
+    assert 'inhomogeneous' in str(error), error
+    failed = True
+  assert failed == patches.numpy_rejects_ragged_lists(), (failed, np.__version__)
+  assert patches.patch_sampler() == ([patches.SAMPLER] if failed else [])
+  assert patches.patch_sampler() == []  # Once only.
+  patched = sampler()
+  nodes = {tuple(sorted(leaves)) for leaves in patched.span_leaves_rel}
+  assert sorted(len(leaves) for leaves in nodes) == [5, 6, 11], nodes
+  drawn = {tuple(sorted(class_id for class_id, _, _ in patched.sample_episode_description()))
+           for _ in range(60)}
+  assert drawn == nodes, drawn
 
 
 if __name__ == '__main__':

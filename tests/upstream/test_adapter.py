@@ -3,12 +3,6 @@
 Skipped where upstream is not importable (as in CI). Everything that imports upstream runs in
 a fresh interpreter (``adapter_checks``): upstream's gin names would clash with the project's.
 """
-import functools
-import importlib.util
-import os
-import subprocess
-import sys
-
 import gin
 import numpy as np
 import pytest
@@ -16,37 +10,9 @@ import tensorflow as tf
 
 from meta_dataset_ext import learners
 from tests.upstream.episodes import LOGIT_DIM, MAML_ARGS, SHAPE, episode_arrays
+from tests.upstream.upstream_env import run_check
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def run_python(*args):
-  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=600)
-
-
-@functools.lru_cache(maxsize=None)
-def upstream_unavailable():
-  """Why upstream cannot be imported here (None if it can)."""
-  if importlib.util.find_spec('meta_dataset') is None:
-    return 'upstream Meta-Dataset (meta_dataset) is not installed'
-  done = run_python('-c', 'from meta_dataset_ext.upstream import patches; '
-                    'patches.install_shims(); import meta_dataset.trainer')
-  if done.returncode:
-    return 'upstream Meta-Dataset does not import: ' + done.stderr.strip().splitlines()[-1]
-  return None
-
-
-@pytest.fixture(autouse=True)
-def upstream():
-  reason = upstream_unavailable()
-  if reason:
-    pytest.skip(reason)
-
-
-def run_check(*args):
-  done = run_python('-m', 'tests.upstream.adapter_checks', *args)
-  assert done.returncode == 0 and done.stdout.strip().endswith('ok'), done.stderr[-4000:]
+pytestmark = pytest.mark.usefixtures('requires_upstream')
 
 
 def test_train_and_eval_learners_share_save_and_restore_every_meta_parameter():

@@ -1,5 +1,5 @@
-"""The in-process patches that let upstream run on current TensorFlow
-(``meta_dataset_ext.upstream.patches``); these checks need no upstream (they run in CI)."""
+"""The in-process patches that let upstream run on current TensorFlow and numpy
+(``meta_dataset_ext.upstream.patches``); all but the sampler's need no upstream (run in CI)."""
 import os
 import subprocess
 import sys
@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from meta_dataset_ext.upstream import patches
+from tests.upstream.upstream_env import run_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,3 +36,14 @@ def test_legacy_layers_match_keras():
   np.testing.assert_allclose(pooled, tf.keras.layers.MaxPooling2D(2, 2)(images))
   flat = patches.flatten(pooled)
   np.testing.assert_allclose(flat, tf.keras.layers.Flatten()(pooled))
+
+
+def test_object_array_keeps_lists_of_any_lengths_as_elements():
+  nodes = patches.object_array([[0, 1], [2, 3]])  # Equal lengths too: still lists.
+  assert nodes.shape == (2,) and nodes[1] == [2, 3]
+  assert np.random.RandomState(0).choice(patches.object_array([[0], [1, 2]])) in ([0], [1, 2])
+
+
+@pytest.mark.usefixtures('requires_upstream')
+def test_sampler_patch_is_needed_on_this_numpy_and_draws_whole_nodes(records_root):
+  run_check('sampler', records_root)
