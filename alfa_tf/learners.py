@@ -10,12 +10,13 @@ head initialised from the support prototypes), S inner steps on the support loss
 query logits at theta_{i,S}. The meta-objective (Eq. 2 / Eq. 6) is the mean over the
 meta-batch of the query losses.
 
-Usage::
+Usage (an episode is a dict: support_images [n, 84, 84, 3], support_labels [n] integers,
+query_images, query_labels)::
 
     learner = alfa_tf.ALFALearner(alfa_tf.Conv4(filters=32), num_classes=5,
                                   input_shape=(84, 84, 3), num_steps=5)
     optimizer = tf.keras.optimizers.Adam(1e-3)
-    out = learner.forward_episode(episode)            # query logits, support losses, alpha/beta
+    out = learner.episode_output(episode)   # EpisodeOutput: query logits and loss, adaptation
     loss = learner.meta_update([episode, other_episode], optimizer)
 """
 import collections
@@ -55,7 +56,7 @@ class GradientLearner(tf.keras.Model):
     num_classes: logits per example (the way, or upstream's logit_dim with ``way`` masking;
       1 for regression).
     input_shape: shape of one example, e.g. (84, 84, 3) or (1,).
-    update_rule: an unbuilt ``UpdateRule`` of the learner's dtype.
+    update_rule: an unbuilt ``UpdateRule`` of the learner's dtype (the learner builds it).
     num_steps: inner steps S in training; ``eval_num_steps`` at evaluation (default S).
     first_order: hold inner gradients constant (fo-MAML, fo-Proto-MAML).
     head: 'linear' (meta-learned initial weights) or 'proto' (Proto-MAML: W = 2 * prototypes,
@@ -66,8 +67,11 @@ class GradientLearner(tf.keras.Model):
     zero_head: start the linear head's weight at zero (upstream's zero_fc_layer).
     loss: 'cross_entropy' (classification) or 'mse' (regression).
     check_finite: fail with the inner step named when a support loss or gradient is not finite.
-    check_inputs: assert in the graph that labels are in range and sets non-empty. XLA
-      (``tf.function(jit_compile=True)``) has no kernels for these checks: turn both off.
+    check_inputs: check each episode's values in the graph, once per tensor: images finite,
+      class labels whole numbers in range (regression targets finite), sets non-empty; a
+      failure names the tensor ('support_images', 'query_labels', ...). Off, float class
+      labels are cast to integers unchecked. XLA (``tf.function(jit_compile=True)``) has no
+      kernels for these checks: turn both off. Shapes and dtypes are checked either way.
     seed: seeds the numpy draw of theta_0 and of the rule's meta-parameters.
     backbone_dtype: mixed precision, e.g. 'bfloat16' or 'float16': the backbone computes in
       it; meta-parameters, head, losses and the update rule stay in ``dtype``.
@@ -96,6 +100,9 @@ class GradientLearner(tf.keras.Model):
     if update_rule.dtype != self.dtype:
       raise ValueError(f'The update rule has dtype {update_rule.dtype} but the learner '
                        f'{self.dtype}: construct it with dtype={self.dtype!r}.')
+    if update_rule.param_names is not None:
+      raise ValueError('The update rule is already built (another learner, or adapt, built '
+                       'it): give each learner a new, unbuilt rule.')
     self.backbone, self.num_classes = backbone, num_classes
     self.example_shape = tuple(input_shape)
     self.num_steps = num_steps
@@ -173,42 +180,89 @@ class GradientLearner(tf.keras.Model):
     prototypes = tf.math.unsorted_segment_mean(features, labels, self.num_classes)
     return 2.0 * tf.transpose(prototypes), -tf.reduce_sum(tf.square(prototypes), axis=1)
 
-  def _check_episode(self, images, labels, role, way):
-    """Static checks raise ValueError; value checks become assertions in the graph."""
+  def _check_set(self, role, images, labels=None, way=None):
+    """The ``role`` ('support' or 'query') set's images and labels (None: none given) in the
+    learner's dtypes. Shape and dtype problems raise ValueError here; with ``check_inputs``,
+    value problems fail in the graph (``tf.errors.InvalidArgumentError``), one check per
+    tensor. Every message names the tensor as the episode's field."""
+    images_name, labels_name = f'{role}_images', f'{role}_labels'
     images = tf.cast(images, self.dtype)
-    labels = tf.cast(labels, self.dtype if self.loss_name == 'mse' else tf.int32)
     if images.shape.rank is not None and tuple(images.shape[1:]) != self.example_shape:
-      raise ValueError(f'{role} inputs have shape {tuple(images.shape)}; the learner expects '
+      raise ValueError(f'{images_name} have shape {tuple(images.shape)}; the learner expects '
                        f'[n, {", ".join(map(str, self.example_shape))}].')
-    if images.shape[0] is not None and labels.shape[0] is not None:
-      if images.shape[0] != labels.shape[0]:
-        raise ValueError(f'{role} has {images.shape[0]} inputs but {labels.shape[0]} labels.')
-      if images.shape[0] == 0:
-        raise ValueError(f'The {role} set is empty.')
-    if not self.check_inputs:
-      return images, labels
-    checks = [tf.debugging.assert_positive(tf.shape(images)[0],
-                                           message=f'The {role} set is empty.')]
-    if self.loss_name == 'cross_entropy':
+    if images.shape[0] == 0:
+      raise ValueError(f'The {role} set is empty ({images_name} has no examples): every '
+                       f'episode needs at least one {role} example.')
+    checks = []
+    if self.check_inputs:
+      images = tf.debugging.check_numerics(images, (
+          f'{images_name} contain NaN or infinite values: fix the data (decoding, '
+          f'normalisation) or drop those images before they reach the learner'))
+      checks.append(tf.debugging.assert_positive(tf.shape(images)[0], message=(
+          f'The {role} set is empty ({images_name} has no examples): every episode needs at '
+          f'least one {role} example.')))
+    if labels is not None:
+      labels = tf.convert_to_tensor(labels)
+      counts = images.shape[0], labels.shape[0] if labels.shape.rank else None
+      if None not in counts and counts[0] != counts[1]:
+        raise ValueError(f'{images_name} has {images.shape[0]} examples but {labels_name} '
+                         f'{labels.shape[0]}: give one label per example.')
+      if self.loss_name == 'mse':
+        labels = tf.cast(labels, self.dtype)
+        if self.check_inputs:
+          labels = tf.debugging.check_numerics(labels, (
+              f'{labels_name} (regression targets) contain NaN or infinite values: fix or '
+              f'drop those examples'))
+      else:
+        labels, label_checks = self._class_labels(labels, labels_name, way)
+        checks += label_checks
+    if checks:
+      with tf.control_dependencies(checks):
+        images = tf.identity(images)
+        labels = None if labels is None else tf.identity(labels)
+    return images, labels
+
+  def _class_labels(self, labels, name, way):
+    """Class labels as int32, and (with ``check_inputs``) the checks of their values."""
+    if not (labels.dtype.is_integer or labels.dtype.is_floating):
+      raise ValueError(f'{name} have dtype {labels.dtype.name}: class labels must be integer '
+                       f'class indices 0 .. way - 1.')
+    if labels.shape.rank not in (None, 1):
+      raise ValueError(f'{name} have shape {tuple(labels.shape)}: class labels must be a '
+                       f'vector [n] of class indices (for one-hot labels pass '
+                       f'tf.argmax(labels, -1)).')
+    checks = []
+    if self.check_inputs and labels.dtype.is_floating:
+      checks.append(tf.debugging.assert_equal(labels, tf.round(labels), message=(
+          f'{name} are floats that are not whole numbers: class labels must be class '
+          f'indices 0 .. way - 1 (pass integer labels, not probabilities or soft labels)'),
+          summarize=8))
+    labels = tf.cast(labels, tf.int32)
+    if self.check_inputs:
       limit = self.num_classes if way is None else tf.cast(way, tf.int32)
       checks += [
-          tf.debugging.assert_non_negative(labels, message=f'Negative {role} labels.'),
+          tf.debugging.assert_non_negative(labels, message=(
+              f'{name} are negative: class indices start at 0 (drop padded examples, whose '
+              f'label is -1, before the learner)')),
           tf.debugging.assert_less(labels, limit, message=(
-              f'{role} labels out of range: they must be < the number of classes '
-              f'({self.num_classes} logits, or the episode\'s way).'))]
-    with tf.control_dependencies(checks):
-      return tf.identity(images), tf.identity(labels)
+              f'{name} out of range: they must be < the number of classes '
+              f'({self.num_classes} logits, or the episode\'s way); relabel the episode\'s '
+              f'classes 0 .. way - 1'))]
+    return labels, checks
 
   # ----- episodes ---------------------------------------------------------------------------
 
   def forward_episode(self, support_images, support_labels, query_images,
                       query_labels=None, way=None, training: bool = True) -> EpisodeOutput:
-    """Adapts to the support set (S inner steps) and returns the query outputs."""
-    support_images, support_labels = self._check_episode(
-        support_images, support_labels, 'support', way)
-    query_images = tf.cast(query_images, self.dtype)
-    if query_labels is not None:
-      query_images, query_labels = self._check_episode(query_images, query_labels, 'query', way)
+    """Adapts to the support set (S inner steps) and returns the query outputs.
+
+    Images [n, *input_shape]; labels [n] (class indices 0 .. way - 1, or regression targets);
+    ``query_labels`` None: no query loss. ``way``: the episode's number of classes (logits
+    beyond it are masked). ``training``: S = num_steps, else eval_num_steps.
+    """
+    support_images, support_labels = self._check_set('support', support_images,
+                                                     support_labels, way)
+    query_images, query_labels = self._check_set('query', query_images, query_labels, way)
     theta, fixed = self._read_theta0()
     if self.head == 'proto':
       features, _ = self.features({**fixed, **theta}, support_images)
@@ -328,7 +382,8 @@ class MAMLLearner(GradientLearner):
 class ALFALearner(GradientLearner):
   """ALFA + MAML (meta-learned theta_0) or, with ``random_init=True``, ALFA + Random init
   (theta_0 frozen at its seeded init; beta_pp meta-learned). ``alfa_kwargs`` go to
-  ``update_rules.ALFA`` (alpha_init, beta_init, alpha_mode, beta_mode, learning_state, l2f)."""
+  ``update_rules.ALFA`` (alpha_init, beta_init, beta_pp_init, alpha_mode, beta_mode,
+  learning_state, l2f, l2f_detach_embedding)."""
 
   def __init__(self, backbone, num_classes, input_shape, random_init: bool = False,
                dtype='float32', alfa_kwargs: Optional[dict] = None, **kwargs):

@@ -1,4 +1,5 @@
-"""Learners: outer steps, the Proto-MAML head, tracing, checkpoints, graph mode, bad input."""
+"""Learners: outer steps, the Proto-MAML head, tracing, checkpoints, graph mode, mixed precision,
+XLA (bad input: ``test_input_checks.py``)."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -187,47 +188,6 @@ def test_graph_mode_meta_training_step():
       for _ in range(3):
         session.run(train_op)
       assert np.isfinite(first) and session.run(loss) != first
-
-
-class TestBadInput:
-  learner = None
-
-  @classmethod
-  def setup_class(cls):
-    cls.learner = alfa_tf.MAMLLearner(small_backbone(), 3, SHAPE, num_steps=1)
-
-  def test_labels_out_of_range(self):
-    episode = make_episode()
-    episode['support_labels'] = episode['support_labels'] + 1
-    with pytest.raises(tf.errors.InvalidArgumentError, match='support labels out of range'):
-      self.learner.episode_output(episode)
-
-  def test_empty_support_set(self):
-    episode = make_episode()
-    episode['support_images'] = episode['support_images'][:0]
-    episode['support_labels'] = episode['support_labels'][:0]
-    with pytest.raises(ValueError, match='support set is empty'):
-      self.learner.episode_output(episode)
-
-  def test_mismatched_shapes(self):
-    episode = make_episode()
-    episode['support_labels'] = episode['support_labels'][:-1]
-    with pytest.raises(ValueError, match='6 inputs but 5 labels'):
-      self.learner.episode_output(episode)
-    episode = make_episode(shape=(8, 8, 3))
-    with pytest.raises(ValueError, match=r'expects \[n, 16, 16, 3\]'):
-      self.learner.episode_output(episode)
-
-  def test_non_finite_inner_loss(self):
-    episode = make_episode()
-    episode['support_images'][0, 0, 0, 0] = np.nan
-    with pytest.raises(tf.errors.InvalidArgumentError, match='inner step 0'):
-      self.learner.episode_output(episode)
-
-  def test_rule_dtype_mismatch(self):
-    with pytest.raises(ValueError, match='dtype'):
-      alfa_tf.GradientLearner(small_backbone(), 3, SHAPE, alfa_tf.SGD(dtype='float32'),
-                              dtype='float64')
 
 
 @pytest.mark.parametrize('first_order', [False, True])
