@@ -6,9 +6,10 @@ to a new one, so a backbone never owns variables: it declares the parameters it 
 meta-learned initial values theta_0 as Keras weights from these specs.
 
 Every backbone uses BatchNorm with *batch statistics* (no running averages), as the ALFA
-reference and upstream Meta-Dataset's MAML do. ``__call__`` returns the features and the
-per-layer moments it used; passing those moments back in (``moments=``) normalises another
-batch (the query set) with them, which is upstream Meta-Dataset's behaviour. BatchNorm
+reference and upstream Meta-Dataset's MAML do. ``__call__(params, images, moments=None,
+collect_moments=False)`` returns the features and, with ``collect_moments``, the per-layer
+moments it used; passing those moments back in (``moments=``) normalises another batch (the
+query set) with them, which is upstream Meta-Dataset's behaviour. BatchNorm
 scale/offset are meta-parameters only: ``ParamSpec.adapted`` is False for them, so the inner
 loop never updates them.
 
@@ -113,7 +114,8 @@ def _pool(x, kind, size, stride, padding='VALID'):
 
 
 class Backbone:
-  """Base class: ``param_specs()`` and ``__call__(params, images, moments=None)``."""
+  """Base class: ``param_specs()``, ``output_dim(input_shape)`` and
+  ``__call__(params, images, moments=None, collect_moments=False)``."""
 
   def param_specs(self) -> 'collections.OrderedDict[str, ParamSpec]':
     raise NotImplementedError

@@ -58,6 +58,7 @@ class UpdateRule(tf.keras.layers.Layer):
     return params, {}
 
   def update(self, params, grads, step: int):
+    """(theta_{i,j+1}, diagnostics) from theta_{i,j}, its gradient and j = ``step``."""
     raise NotImplementedError
 
 
