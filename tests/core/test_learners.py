@@ -169,11 +169,13 @@ def test_reference_resnet12_size_and_tensor_count():
   assert 7.9e6 < sum(int(np.prod(s.shape)) for s in specs.values()) < 8.1e6
 
 
-def test_graph_mode_meta_training_step():
+@pytest.mark.parametrize('l2f', [False, True])
+def test_graph_mode_meta_training_step(l2f):
   """TF1 graph mode (upstream Meta-Dataset's trainer): build, initialise, run, train."""
   graph = tf.Graph()
   with graph.as_default():
-    learner = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, num_steps=2)
+    learner = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, num_steps=2,
+                                  alfa_kwargs=dict(l2f=l2f))
     episode = {k: tf.constant(v) for k, v in make_episode().items()}
     loss = learner.meta_loss([episode])
     # Keras 3 wraps each tf.Variable (its .value); Keras 2 variables are tf.Variables.
