@@ -63,7 +63,7 @@ def run_cell(model, net, k, run_dir, bindings, quick):
   start = time.perf_counter()
   trainer = trainer_lib.Trainer(checkpoint_dir=cell_dir)
   trainer.train()
-  summary = trainer.evaluate()['sinusoid']
+  summary = trainer.evaluate()[0].by_source()['sinusoid']
   record = dict(model=model, hidden=list(NETS[net]), k=k, mse=summary['mean'],
                 ci95=summary['ci95'], num_tasks=summary['num_episodes'],
                 updates=trainer.num_updates, seconds=round(time.perf_counter() - start, 1))

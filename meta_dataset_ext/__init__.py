@@ -1,1 +1,9 @@
 """Meta-Dataset integration: data, trainer, CLI and gin wiring around the alfa_tf core."""
+import os
+import sys
+
+if sys.argv[:1] == ['-m']:
+  # Imported while Python locates `python -m meta_dataset_ext.<command>`, before TensorFlow
+  # loads: keep its C++ runtime's INFO lines (which would break progress bars) off the
+  # console unless the user chose a level.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')

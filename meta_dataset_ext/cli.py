@@ -9,7 +9,8 @@ training state), ``OSError`` (a path that is missing, a file, or unwritable), Te
 ``OpError`` (e.g. a file it cannot read) and absl flag errors. With ``--verbose`` (or the
 environment variable ``ALFA_TF_TRACEBACK=1``) the traceback is printed too. Any other
 exception is a bug: Python's traceback, exit status 1. Ctrl-C exits with status 130 after the
-command's own handling (the trainer saves a checkpoint first).
+command's own handling (the trainer saves a checkpoint first). Arguments that are not flags
+are an error too. absl's logging shows warnings and errors unless --verbosity is given.
 """
 import os
 import sys
@@ -18,6 +19,7 @@ from typing import Callable, List
 
 from absl import app
 from absl import flags
+from absl import logging
 import tensorflow as tf
 
 from meta_dataset_ext import errors
@@ -66,15 +68,23 @@ def fail(message: str, error: BaseException = None) -> None:
   then exits with status 2."""
   if error is not None and _verbose():
     traceback.print_exception(type(error), error, error.__traceback__)
+  # The process ends here: TensorFlow's warnings while it tears down (e.g. about a failed
+  # checkpoint restore) would only bury the message.
+  tf.get_logger().setLevel('ERROR')
   print(f'{_program()}: error: {message}', file=sys.stderr, flush=True)
   sys.exit(EXIT_USER_ERROR)
 
 
 def _parse_flags(argv: List[str]) -> List[str]:
   try:
-    return FLAGS(argv)
+    remaining = FLAGS(argv)
   except flags.Error as error:
     fail(f'{one_line(error)} (see --help)')
+  if not FLAGS['verbosity'].present:  # TensorFlow's INFO lines (checkpoint saves, ...) off.
+    FLAGS.verbosity = logging.WARNING
+  if len(remaining) > 1:
+    fail(f'unexpected arguments {remaining[1:]}: every option is a --flag (see --help)')
+  return remaining
 
 
 def run(main: Callable[[List[str]], None]) -> None:

@@ -3,8 +3,11 @@
 Each message is one line that names the file, class, record, flag or gin binding at fault and
 says what to do. The command-line entry points (``meta_dataset_ext.cli``) print such an error
 as that one line on stderr and exit with status 2; any other exception is a bug and keeps its
-traceback.
+traceback. ``warn`` prints a one-line warning.
 """
+import sys
+
+import tqdm
 
 
 class UserError(Exception):
@@ -21,3 +24,8 @@ class DataError(UserError, ValueError):
 
 class NonFiniteError(UserError, RuntimeError):
   """Training or evaluation produced a non-finite loss, gradient, weight or output."""
+
+
+def warn(message: str) -> None:
+  """Prints ``warning: message`` on stderr as one line, above any progress bar."""
+  tqdm.tqdm.write(f'warning: {" ".join(message.split())}', file=sys.stderr)

@@ -20,12 +20,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from matplotlib.figure import Figure
 import numpy as np
 import tensorflow as tf
+
+from meta_dataset_ext import run_dir
 
 Summary = Dict[str, object]
 Series = List[Tuple[int, float]]
@@ -85,20 +86,6 @@ _METRICS = {
 }
 
 
-def _atomic_write(path: str, text: str) -> None:
-  """Write `text` to `path` through a temporary file and os.replace."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_",
-                             suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]
                     ) -> str:
   """A GitHub markdown table, first column left-aligned, others right."""
@@ -120,14 +107,14 @@ def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   return "\n".join(out) + "\n"
 
 
-def results_markdown(summaries: Sequence[Summary], learner: str,
-                     checkpoint_step: int, metric: str = "accuracy") -> str:
+def results_markdown(summaries: Sequence[Summary], title: str,
+                     metric: str = "accuracy") -> str:
   """The markdown of `results.md`: a title and source | metric | episodes."""
-  title, fmt, _ = _METRICS[metric]
+  column, fmt, _ = _METRICS[metric]
   rows = [[s["source"], fmt(s["mean"], s["ci95"]),
            str(s["num_episodes"])] for s in summaries]
-  table = _markdown_table(["source", title, "episodes"], rows)
-  return (f"# {learner} at step {checkpoint_step}\n\n"
+  table = _markdown_table(["source", column, "episodes"], rows)
+  return (f"# {title}\n\n"
           f"Mean {metric} over test episodes ± 95% confidence interval.\n\n"
           + table)
 
@@ -143,10 +130,11 @@ def _results_csv(summaries: Sequence[Summary]) -> str:
 
 
 def write_results(out_dir: str, summaries: Sequence[Summary], learner: str,
-                  checkpoint_step: int,
+                  checkpoint_step: Optional[int],
                   extra: Optional[Mapping[str, object]] = None,
-                  metric: str = "accuracy") -> Dict[str, str]:
-  """Write results.md, results.csv and results.json into `out_dir`.
+                  metric: str = "accuracy", name: str = "results",
+                  title: Optional[str] = None) -> Dict[str, str]:
+  """Write <name>.md, <name>.csv and <name>.json into `out_dir`.
 
   Each file is written atomically (temporary file + os.replace), so a reader
   never sees a half-written table.
@@ -155,10 +143,13 @@ def write_results(out_dir: str, summaries: Sequence[Summary], learner: str,
     out_dir: directory, created if missing.
     summaries: output of `summarize`.
     learner: learner name, e.g. 'ALFA+fo-Proto-MAML'.
-    checkpoint_step: the global step of the evaluated checkpoint.
+    checkpoint_step: the global step of the evaluated checkpoint (None for
+      an ensemble of checkpoints: name its steps in `extra` and `title`).
     extra: more top-level JSON entries (e.g. gin files, ensemble steps); they
       must not be named 'learner', 'checkpoint_step', 'sources' or 'metric'.
     metric: 'accuracy' (fractions, shown in percent) or 'mse' (regression).
+    name: the files' stem ('results'; e.g. 'ensemble_top5' beside them).
+    title: the markdown title (default '<learner> at step <checkpoint_step>').
 
   Returns:
     {"markdown": path, "csv": path, "json": path}.
@@ -170,7 +161,9 @@ def write_results(out_dir: str, summaries: Sequence[Summary], learner: str,
     results.json: {"learner": str, "checkpoint_step": int,
       "sources": {source: {"mean", "ci95", "num_episodes"}}, **extra}.
   """
-  record = {"learner": learner, "checkpoint_step": int(checkpoint_step),
+  record = {"learner": learner,
+            "checkpoint_step": (None if checkpoint_step is None
+                                else int(checkpoint_step)),
             "metric": metric,
             "sources": {s["source"]: {k: s[k] for k in _CSV_FIELDS[1:]}
                         for s in summaries}}
@@ -179,13 +172,13 @@ def write_results(out_dir: str, summaries: Sequence[Summary], learner: str,
     raise ValueError(f"extra must not override {sorted(clash)}")
   record.update(extra or {})
   os.makedirs(out_dir, exist_ok=True)
-  paths = {"markdown": os.path.join(out_dir, "results.md"),
-           "csv": os.path.join(out_dir, "results.csv"),
-           "json": os.path.join(out_dir, "results.json")}
-  _atomic_write(paths["markdown"],
-                results_markdown(summaries, learner, checkpoint_step, metric))
-  _atomic_write(paths["csv"], _results_csv(summaries))
-  _atomic_write(paths["json"], json.dumps(record, indent=2) + "\n")
+  paths = {kind: os.path.join(out_dir, f"{name}.{suffix}")
+           for kind, suffix in (("markdown", "md"), ("csv", "csv"),
+                                ("json", "json"))}
+  run_dir.atomic_write(paths["markdown"], results_markdown(
+      summaries, title or f"{learner} at step {checkpoint_step}", metric))
+  run_dir.atomic_write(paths["csv"], _results_csv(summaries))
+  run_dir.atomic_write(paths["json"], json.dumps(record, indent=2) + "\n")
   return paths
 
 
@@ -437,7 +430,8 @@ def plot_training_curves(summary_dir: str, path: str,
     path: PNG file to write.
     tags: tags to plot (without run prefix), e.g. ['loss', 'accuracy'].
       Default: every tag without '/' in its name, or every tag if none is
-      (grouped tags such as per-layer 'alpha/conv1/step_0' are left out).
+      (grouped tags such as per-layer 'alpha/conv1/step_0' are left out, and
+      so are confidence intervals, '*_ci95').
 
   Returns:
     `path`.
@@ -448,7 +442,8 @@ def plot_training_curves(summary_dir: str, path: str,
   runs = _read_runs(summary_dir)
   available = sorted({tag for series in runs.values() for tag in series})
   if tags is None:
-    tags = [t for t in available if "/" not in t] or available
+    tags = [t for t in available
+            if "/" not in t and not t.endswith("_ci95")] or available
   missing = [t for t in tags if t not in available]
   if missing:
     raise KeyError(f"tags {missing} not in {summary_dir!r}; available: "

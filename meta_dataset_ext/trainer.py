@@ -10,17 +10,26 @@ sources fix the ``TaskFormat``: the learner's input shape, outputs and loss, and
 (classification: accuracy, higher is better; regression: MSE, lower is better) that
 validation, the best checkpoints and the results use.
 
-A run writes everything to disk:
+Everything a run will read or write is checked when the Trainer is built, before the first
+update: every value (named by its binding), every split of every source it will read (class
+files present, enough classes and images), every output folder, and, when it resumes, that
+the configuration is the one the run was made with. During training, the weights are checked
+after every update and before every save: a non-finite state is never written.
+
+A run writes everything to disk (with the permissions the umask gives):
   <checkpoint_dir>/ckpt-*            latest checkpoints: learner, Adam state, update counter
                                      (the data position is a function of it: exact resume)
   <checkpoint_dir>/best/             the best checkpoints by the validation metric (best.json)
-  <checkpoint_dir>/operative_config.gin  the gin configuration in force
-  <summary_dir>/train, /valid        TensorBoard scalars: loss, the metric, learning rate, and
-                                     ALFA's generated alpha / beta per layer and inner step
-  <results_dir>/results.{md,csv,json}, alpha_beta_<source>.png, training_curves.png
+  <checkpoint_dir>/operative_config.gin  the gin configuration in force (earlier ones kept as
+                                     operative_config-<n>.gin)
+  <summary_dir>/train, /valid        TensorBoard scalars: loss, the metric (validation: with
+                                     its 95% CI), learning rate, updates per second, ALFA's
+                                     generated alpha / beta per layer and inner step
+  <summary_dir>/eval_<split>*/<source>  the evaluated metric and its 95% CI (``evaluation``)
+  <results_dir>/results.{md,csv,json}, ensemble_top<k>.{md,csv,json}, operative_config.gin,
+                                     alpha_beta_<source>.png, training_curves.png
 """
 import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -32,22 +41,46 @@ import tensorflow as tf
 import tqdm
 
 from alfa_tf import learners as alfa_learners
+from meta_dataset_ext import checkpoints as checkpoints_lib
+from meta_dataset_ext import checks
 from meta_dataset_ext import distribute as distribute_lib
 from meta_dataset_ext import errors
+from meta_dataset_ext import evaluation
 from meta_dataset_ext import learners as learners_lib
 from meta_dataset_ext import report
+from meta_dataset_ext import run_dir
+from meta_dataset_ext import upstream_compat
 from meta_dataset_ext.data import pipeline
 from meta_dataset_ext.data import sampler as sampler_lib
 from meta_dataset_ext.data import sinusoid
+from meta_dataset_ext.data import spec as spec_lib
 
 TEN_SOURCES = ('ilsvrc_2012', 'omniglot', 'aircraft', 'cu_birds', 'dtd', 'quickdraw', 'fungi',
                'vgg_flower', 'traffic_sign', 'mscoco')
 COMPUTE_DTYPES = (None, 'float32', 'bfloat16', 'float16')
 EPISODE_KEYS = ('support_images', 'support_labels', 'query_images', 'query_labels', 'way')
+# Upstream's --omit_from_saving_and_reloading choices and default.
+OMIT_CHOICES = ('num_left_in_epoch', 'fc_finetune', 'linear_classifier', 'adam_opt',
+                'weight_copy', 'fc')
+OMIT_DEFAULT = OMIT_CHOICES[:-1]
+# Bindings a resumed run may change without --allow_config_change: they set how long it runs
+# and what it reports, not what it has learned so far.
+RESUMABLE_CHANGES = frozenset({
+    'Trainer.num_updates', 'Trainer.log_every', 'Trainer.checkpoint_every',
+    'Trainer.show_progress', 'Trainer.num_eval_episodes', 'Trainer.eval_split',
+    'Trainer.ensemble_top_k', 'Trainer.results_dir', 'Trainer.allow_config_change',
+    'Trainer.will_evaluate', 'benchmark.eval_datasets', 'Trainer.eval_dataset_list'})
+# What each use of the episodes reads: (split, offset of its seed, which episode config).
+_PURPOSES = {'train': ('TRAIN', 0, 'train'), 'valid': ('VALID', 1000, 'eval'),
+             'eval': (None, 2000, 'eval')}
+# Grappler passes that upstream's Trainer.enable_tf_optimizations = False turns off.
+_TF_OPTIMIZATIONS = ('constant_folding', 'arithmetic_optimization', 'remapping',
+                     'shape_optimization', 'dependency_optimization', 'function_optimization',
+                     'layout_optimizer', 'loop_optimization')
 
 
 class NonFiniteLossError(errors.NonFiniteError):
-  """A meta-training update produced a non-finite loss or gradient."""
+  """A meta-training update produced a non-finite loss, gradient or weight."""
 
 
 @gin.configurable('benchmark')
@@ -56,8 +89,8 @@ def benchmark(train_datasets: str = '', eval_datasets: str = '',
               restrict_num_per_class=None):
   """Upstream's ``benchmark`` binding: comma-separated source names."""
   if use_dumped_episodes or restrict_classes or restrict_num_per_class:
-    raise ValueError('benchmark.use_dumped_episodes / restrict_classes / '
-                     'restrict_num_per_class are not supported.')
+    raise errors.ConfigError('benchmark.use_dumped_episodes / restrict_classes / '
+                             'restrict_num_per_class are not supported.')
   split = lambda names: [n.strip() for n in names.split(',') if n.strip()]
   return split(train_datasets), split(eval_datasets)
 
@@ -79,10 +112,6 @@ class TaskFormat:
   def higher_is_better(self) -> bool:
     return self.metric == 'accuracy'
 
-  def better(self, a: float, b: float) -> bool:
-    """Whether metric value ``a`` is better than ``b``."""
-    return a > b if self.higher_is_better else a < b
-
 
 def _episode_signature(image_height: int):
   images = tf.TensorSpec([None, image_height, image_height, 3], tf.float32)
@@ -91,17 +120,59 @@ def _episode_signature(image_height: int):
           'query_labels': labels, 'way': tf.TensorSpec([], tf.int32)}
 
 
+def _source_list(binding: str, value) -> List[str]:
+  if isinstance(value, str):
+    value = value.split(',')
+  names = [str(name).strip() for name in value if str(name).strip()]
+  for name in names:
+    if name in ('.', '..') or os.sep in name or (os.altsep and os.altsep in name):
+      raise errors.ConfigError(f'{binding}: source name {name!r} must be a folder name under '
+                               'the records root (no path separators).')
+  return names
+
+
+class _Progress:
+  """The training progress bar. The first update traces and compiles the meta-step (seconds
+  to minutes), so until it is done the bar says so, with no rate or ETA; after it, tqdm's rate
+  and ETA count only the updates that follow."""
+
+  def __init__(self, total: int, start: int, desc: str, disable: bool):
+    self._options = dict(total=total, desc=desc, unit='update', disable=disable)
+    self.compiling = True
+    self.bar = tqdm.tqdm(initial=start, bar_format=(
+        '{desc}: {n_fmt}/{total_fmt} [{elapsed}, compiling the meta-step]'), **self._options)
+
+  def advance(self, done: int) -> None:
+    if self.compiling:
+      self.bar.close()
+      self.bar = tqdm.tqdm(initial=done, **self._options)
+      self.compiling = False
+    else:
+      self.bar.update(1)
+
+  def write(self, text: str) -> None:
+    self.bar.write(text)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
 @gin.configurable
 class Trainer:
   """Gin-configured meta-training (``train``) and evaluation (``evaluate``).
 
   Upstream's arguments keep their meaning; ones this trainer does not implement must keep
-  their defaults (a clear error says so). Our own:
+  their defaults (a clear error says so), and bound ones that have no effect here are named
+  in a warning (``upstream_compat.differences``). ``experiment_name`` is recorded in the
+  results; ``enable_tf_optimizations = False`` turns off the same graph optimisations as
+  upstream's; ``omit_from_saving_and_reloading``: variables whose names contain one of these
+  substrings are not reloaded from checkpoints (``checkpoints.restore``). Our own:
     meta_batch_size: episodes per outer update (the ALFA reference: 2 or 4; upstream: 1).
     num_validation_episodes: episodes per validation (default: num_eval_episodes).
     keep_best: number of best-by-validation checkpoints kept.
-    ensemble_top_k: evaluate the logits averaged over this many best checkpoints (the ALFA
-      paper's protocol: 5); 0 or 1 evaluates the latest (or checkpoint_to_restore).
+    ensemble_top_k: also evaluate the logits averaged over this many best checkpoints (the
+      ALFA paper's protocol: 5), reported beside the latest checkpoint; 0 or 1: only the
+      latest (or checkpoint_to_restore).
     seed: seeds the learner's initialisation and every episode stream.
     strategy: 'default', 'mirrored' (all GPUs of this machine) or 'multi_worker' (machines
       described by TF_CONFIG), see ``meta_dataset_ext.distribute``; upstream's
@@ -116,6 +187,10 @@ class Trainer:
     jit_compile: compile the meta-step with XLA (the learner's in-graph input assertions are
       turned off: XLA has no kernels for them). Each new episode shape compiles anew, so it
       pays with fixed-shape episodes (EpisodeDescriptionConfig.num_ways/num_support/num_query).
+    allow_config_change: resume a run whose operative config differs from the current one in
+      more than RESUMABLE_CHANGES (refused otherwise, naming the bindings that differ).
+    will_evaluate: ``evaluate`` will be called; its sources, split and results folder are
+      checked when the trainer is built.
   """
 
   def __init__(self, train_learner_class=None, eval_learner_class=None,
@@ -130,15 +205,16 @@ class Trainer:
                checkpoint_dir: str = 'runs/checkpoints', summary_dir: Optional[str] = None,
                records_root_dir: str = 'records', eval_finegrainedness: bool = False,
                eval_finegrainedness_split: str = 'test', eval_imbalance_dataset: str = '',
-               omit_from_saving_and_reloading: str = '', eval_split: str = 'TEST',
-               train_episode_config=None, eval_episode_config=None, data_config=None,
-               distribute: bool = False, enable_tf_optimizations: bool = True,
+               omit_from_saving_and_reloading: Sequence[str] = OMIT_DEFAULT,
+               eval_split: str = 'TEST', train_episode_config=None, eval_episode_config=None,
+               data_config=None, distribute: bool = False, enable_tf_optimizations: bool = True,
                meta_batch_size: int = 1, num_validation_episodes: Optional[int] = None,
                keep_best: int = 5, ensemble_top_k: int = 0, seed: int = 0,
                results_dir: Optional[str] = None, show_progress: bool = True,
                strategy: Optional[str] = None, compute_dtype: Optional[str] = None,
-               jit_compile: bool = False):
-    del batch_size, experiment_name, omit_from_saving_and_reloading, enable_tf_optimizations
+               jit_compile: bool = False, allow_config_change: bool = False,
+               will_evaluate: bool = True):
+    del batch_size, eval_finegrainedness_split  # Named by upstream_compat.differences().
     unsupported = dict(normalized_gradient_descent=normalized_gradient_descent,
                        pretrained_source=pretrained_source != 'scratch',
                        restrict_classes=restrict_classes,
@@ -147,62 +223,185 @@ class Trainer:
                        eval_imbalance_dataset=eval_imbalance_dataset)
     for name, value in unsupported.items():
       if value:
-        raise ValueError(f'Trainer.{name} is not supported by this trainer.')
-    del eval_finegrainedness_split
+        raise errors.ConfigError(f'Trainer.{name} is not supported by this trainer.')
     if train_learner_class is None:
-      raise ValueError('Trainer.train_learner_class is not bound: bind e.g. '
-                       '"Trainer.train_learner_class = @ALFAProtoMAMLLearner".')
+      raise errors.ConfigError('Trainer.train_learner_class is not bound: bind e.g. '
+                               '"Trainer.train_learner_class = @ALFAProtoMAMLLearner".')
     if eval_learner_class not in (None, train_learner_class):
-      raise ValueError('Trainer.eval_learner_class must equal train_learner_class here: one '
-                       'learner serves training and evaluation.')
+      raise errors.ConfigError('Trainer.eval_learner_class must equal train_learner_class '
+                               'here: one learner serves training and evaluation.')
+    self._check_values(locals())
     if train_dataset_list is None or eval_dataset_list is None:
       train_sources, eval_sources = benchmark()
       train_dataset_list = train_sources if train_dataset_list is None else train_dataset_list
       eval_dataset_list = eval_sources if eval_dataset_list is None else eval_dataset_list
-    if isinstance(train_dataset_list, str):
-      train_dataset_list = [s for s in train_dataset_list.split(',') if s]
-    if isinstance(eval_dataset_list, str):
-      eval_dataset_list = [s for s in eval_dataset_list.split(',') if s]
-    self.train_sources = list(train_dataset_list)
-    self.eval_sources = list(eval_dataset_list) or list(TEN_SOURCES)
+    self.train_sources = _source_list('benchmark.train_datasets', train_dataset_list)
+    self.eval_sources = (_source_list('benchmark.eval_datasets', eval_dataset_list) or
+                         list(TEN_SOURCES))
     if is_training and not self.train_sources:
-      raise ValueError('No training source: bind benchmark.train_datasets.')
-    if compute_dtype not in COMPUTE_DTYPES:
-      raise ValueError(f'Trainer.compute_dtype must be one of {COMPUTE_DTYPES}, got '
-                       f'{compute_dtype!r}.')
+      raise errors.ConfigError('No training source: bind benchmark.train_datasets.')
     self.compute_dtype, self.jit_compile = compute_dtype, jit_compile
     self.records_root_dir = records_root_dir
-    synthetic = [sinusoid.source(s) for s in self.train_sources + self.eval_sources]
-    if not all(synthetic) and not os.path.isdir(records_root_dir):
-      raise FileNotFoundError(f'Records folder {records_root_dir!r} (--records_root_dir) does '
-                              'not exist.')
-    self.num_updates, self.num_eval_episodes = num_updates, num_eval_episodes
-    self.num_validation_episodes = num_validation_episodes or num_eval_episodes
-    self.checkpoint_every, self.validate_every = checkpoint_every, validate_every
-    self.log_every, self.is_training = log_every, is_training
+    self.experiment_name = experiment_name
+    self.omit = tuple(omit_from_saving_and_reloading or ())
+    self.is_training, self.will_evaluate = is_training, will_evaluate or not is_training
     self.checkpoint_to_restore, self.eval_split = checkpoint_to_restore, eval_split.upper()
-    self.meta_batch_size, self.keep_best = meta_batch_size, keep_best
-    self.ensemble_top_k, self.seed, self.show_progress = ensemble_top_k, seed, show_progress
     self.checkpoint_dir = checkpoint_dir
     self.summary_dir = summary_dir or os.path.join(checkpoint_dir, 'summaries')
     self.results_dir = results_dir or os.path.join(checkpoint_dir, 'results')
     self.data_config = data_config or pipeline.DataConfig()
     self.train_episode_config = train_episode_config or sampler_lib.EpisodeDescriptionConfig()
     self.eval_episode_config = eval_episode_config or self.train_episode_config
+    synthetic = [sinusoid.source(s) for s in self._sources_read()]
     self.format = self._task_format(synthetic)
+    self._specs, self._streams = {}, {}
+    self._open_streams(synthetic)
     self.strategy = distribute_lib.make_strategy(strategy or
                                                  ('mirrored' if distribute else 'default'))
     self.is_chief = distribute_lib.is_chief(self.strategy)
+    if self.is_chief:
+      self._check_output_dirs()
     self.restore_dir = checkpoint_dir  # Every worker resumes from the chief's checkpoints.
     if not self.is_chief:  # Other workers write to a scratch folder nobody reads.
       checkpoint_dir = self.checkpoint_dir = tempfile.mkdtemp(prefix='worker_')
       self.summary_dir = os.path.join(checkpoint_dir, 'summaries')
       self.results_dir = os.path.join(checkpoint_dir, 'results')
+    if not enable_tf_optimizations:
+      tf.config.optimizer.set_experimental_options(
+          dict({name: False for name in _TF_OPTIMIZATIONS}, disable_model_pruning=True))
     with self.strategy.scope():
       self._build_model(train_learner_class, seed, learning_rate, decay_learning_rate,
                         decay_every, decay_rate)
     self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir, max_to_keep=3)
+    self.best = checkpoints_lib.BestCheckpoints(checkpoint_dir, self.keep_best,
+                                                self.format.metric,
+                                                self.format.higher_is_better)
+    self._check_checkpoints(allow_config_change)
     self._compile()
+    self._evaluator = evaluation.Evaluator(
+        self._evaluate_batch, self._restore_for_evaluation,
+        lambda source: self._episodes('eval', source), _METRICS[self.format.metric],
+        self.format.metric, self.show_progress)
+    for message in upstream_compat.differences():
+      errors.warn(message)
+
+  # ----- checks made when the trainer is built ----------------------------------------------
+
+  def _check_values(self, args):
+    """Types and ranges of the numeric and boolean arguments, named by their bindings."""
+    whole = dict(num_updates=1 if args['is_training'] else 0, num_eval_episodes=1,
+                 checkpoint_every=1, validate_every=1, log_every=1, decay_every=1,
+                 meta_batch_size=1, keep_best=1, ensemble_top_k=0, seed=0)
+    for name, minimum in whole.items():
+      setattr(self, name, checks.integer(f'Trainer.{name}', args[name], minimum))
+    self.num_validation_episodes = (
+        self.num_eval_episodes if args['num_validation_episodes'] is None else
+        checks.integer('Trainer.num_validation_episodes', args['num_validation_episodes'], 1))
+    checks.number('Trainer.learning_rate', args['learning_rate'], 0.0, strict=True)
+    checks.number('Trainer.decay_rate', args['decay_rate'], 0.0, strict=True)
+    for name in ('is_training', 'decay_learning_rate', 'distribute', 'enable_tf_optimizations',
+                 'show_progress', 'jit_compile', 'allow_config_change', 'will_evaluate'):
+      checks.boolean(f'Trainer.{name}', args[name])
+    self.show_progress = args['show_progress']
+    checks.choice('Trainer.compute_dtype', args['compute_dtype'], COMPUTE_DTYPES)
+    checks.choice('Trainer.eval_split', str(args['eval_split']).upper(),
+                  [s.name for s in spec_lib.Split])
+    if args['strategy'] is not None:
+      checks.choice('Trainer.strategy', args['strategy'], distribute_lib.STRATEGIES)
+    for substring in args['omit_from_saving_and_reloading'] or ():
+      checks.choice('Trainer.omit_from_saving_and_reloading', substring, OMIT_CHOICES)
+    if self.ensemble_top_k > self.keep_best:
+      raise errors.ConfigError(f'Trainer.ensemble_top_k = {self.ensemble_top_k} exceeds '
+                               f'Trainer.keep_best = {self.keep_best}: keep at least as many '
+                               'best checkpoints as the ensemble averages.')
+
+  def _sources_read(self) -> List[str]:
+    return ((self.train_sources if self.is_training else []) +
+            (self.eval_sources if self.will_evaluate else []))
+
+  def _task_format(self, synthetic) -> TaskFormat:
+    """Records sources: images of DataConfig.image_height, up to max_ways classes; synthetic
+    sources: what the (one kind of) generator declares."""
+    if not any(synthetic):
+      height = self.data_config.image_height
+      return TaskFormat((height, height, 3), max(self.train_episode_config.max_ways,
+                                                 self.eval_episode_config.max_ways),
+                        'cross_entropy', _episode_signature(height))
+    if not all(synthetic) or len({type(t) for t in synthetic}) > 1:
+      raise errors.ConfigError('Records sources and synthetic sources (or different '
+                               f'synthetic ones) cannot be mixed: {self._sources_read()}.')
+    tasks = synthetic[0]
+    return TaskFormat(tasks.input_shape, tasks.output_dim, tasks.loss, tasks.signature())
+
+  def _open_streams(self, synthetic) -> None:
+    """Opens every (split, source) the run will read, which checks each of them now."""
+    if not all(synthetic):
+      root = self.records_root_dir
+      if not os.path.exists(root):
+        raise errors.DataError(f'Records folder {root!r} (--records_root_dir) does not '
+                               'exist.')
+      if not os.path.isdir(root):
+        raise errors.DataError(f'Records folder {root!r} (--records_root_dir) is a file: '
+                               'give the folder that holds one sub-folder per source.')
+    purposes = (['train', 'valid'] if self.is_training else []) + (
+        ['eval'] if self.will_evaluate else [])
+    for purpose in purposes:
+      for source in self.eval_sources if purpose == 'eval' else self.train_sources:
+        self._stream(purpose, source)
+
+  def _purpose(self, purpose: str, source: str):
+    """(split, seed, episode config) of ``source``'s episodes for ``purpose``."""
+    split, offset, config = _PURPOSES[purpose]
+    sources = self.eval_sources if purpose == 'eval' else self.train_sources
+    k = sources.index(source) if source in sources else len(sources)
+    config = self.train_episode_config if config == 'train' else self.eval_episode_config
+    return split or self.eval_split, self.seed + offset + k, config
+
+  def _stream(self, purpose: str, source: str) -> Optional[pipeline.EpisodeStream]:
+    """The episode stream of a records source (None for a synthetic one), opened once."""
+    if sinusoid.source(source):
+      return None
+    if (purpose, source) not in self._streams:
+      split, seed, config = self._purpose(purpose, source)
+      if source not in self._specs:
+        self._specs[source] = spec_lib.load_dataset_spec(self.records_root_dir, source)
+      self._streams[(purpose, source)] = pipeline.EpisodeStream(
+          self._specs[source], split, config, self.data_config, seed, padding='none')
+    return self._streams[(purpose, source)]
+
+  def _check_output_dirs(self) -> None:
+    folders = []
+    if self.is_training:
+      folders += [(self.checkpoint_dir, 'checkpoint folder (--train_checkpoint_dir)'),
+                  (self.summary_dir, 'summary folder (--summary_dir)')]
+    if self.will_evaluate:
+      folders.append((self.results_dir, 'results folder (--results_dir)'))
+    for path, what in folders:
+      run_dir.check_output_dir(path, what)
+
+  def _check_checkpoints(self, allow_config_change: bool) -> None:
+    """Evaluation needs a checkpoint; resuming needs the configuration the run was made with
+    (beyond RESUMABLE_CHANGES), unless ``allow_config_change``."""
+    latest = self.manager.latest_checkpoint
+    if not self.is_training and not (self.checkpoint_to_restore or latest or
+                                     self.best.entries()):
+      raise errors.ConfigError(
+          f'No checkpoint to evaluate in {self.checkpoint_dir!r} (--train_checkpoint_dir): '
+          'train first, or bind Trainer.checkpoint_to_restore.')
+    if not self.is_training or latest is None or allow_config_change:
+      return
+    previous = run_dir.OperativeConfig(self.checkpoint_dir).read()
+    if previous is None:
+      return
+    changes = [c for c in run_dir.diff_bindings(previous, gin.config_str())
+               if c[0] not in RESUMABLE_CHANGES]
+    if changes:
+      raise errors.ConfigError(
+          f'{self.checkpoint_dir!r} holds a run made with another configuration: '
+          f'{run_dir.describe_changes(changes)}. Resume it with the configuration it was made '
+          'with, start a new run in another --train_checkpoint_dir, or pass '
+          '--allow_config_change to go on with the new one (the earlier operative_config.gin '
+          'is kept).')
 
   def _build_model(self, train_learner_class, seed, learning_rate, decay_learning_rate,
                    decay_every, decay_rate):
@@ -227,20 +426,6 @@ class Trainer:
                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     self.checkpoint = tf.train.Checkpoint(learner=self.learner, optimizer=self.optimizer,
                                           step=self.step)
-
-  def _task_format(self, synthetic) -> TaskFormat:
-    """Records sources: images of DataConfig.image_height, up to max_ways classes; synthetic
-    sources: what the (one kind of) generator declares."""
-    if not any(synthetic):
-      height = self.data_config.image_height
-      return TaskFormat((height, height, 3), max(self.train_episode_config.max_ways,
-                                                 self.eval_episode_config.max_ways),
-                        'cross_entropy', _episode_signature(height))
-    if not all(synthetic) or len({type(t) for t in synthetic}) > 1:
-      raise ValueError('Records sources and synthetic sources (or different synthetic '
-                       f'ones) cannot be mixed: {self.train_sources + self.eval_sources}.')
-    tasks = synthetic[0]
-    return TaskFormat(tasks.input_shape, tasks.output_dim, tasks.loss, tasks.signature())
 
   # ----- compiled steps ---------------------------------------------------------------------
 
@@ -285,9 +470,11 @@ class Trainer:
       return grads, metrics, finite
 
     def apply(grads):
+      """Applies the update; returns whether every weight is finite after it."""
       alfa_learners.apply_scaled_gradients(self.optimizer, grads,
                                            self.learner.trainable_variables)
       self.step.assign_add(1)
+      return checkpoints_lib.all_finite(self.learner.variables)
 
     def evaluate(batch):
       outs, metrics = outputs_and_metrics(batch, False)
@@ -313,23 +500,20 @@ class Trainer:
 
   # ----- data -------------------------------------------------------------------------------
 
-  def _episodes(self, source, split, config, seed, start=0):
-    """Episode ``start`` on of a synthetic source or of a source's records."""
-    synthetic = sinusoid.source(source)
-    if synthetic:
-      return synthetic.dataset(split, seed, start)
-    dataset = pipeline.make_episode_dataset(self.records_root_dir, source, split, config,
-                                            self.data_config, seed, padding='none',
-                                            start=start)
-    return dataset.map(lambda e: {k: e[k] for k in EPISODE_KEYS})
+  def _episodes(self, purpose: str, source: str, start: int = 0) -> tf.data.Dataset:
+    """Episode ``start`` on of ``source`` for ``purpose`` ('train', 'valid' or 'eval')."""
+    stream = self._stream(purpose, source)
+    if stream is None:
+      split, seed, _ = self._purpose(purpose, source)
+      return sinusoid.source(source).dataset(split, seed, start)
+    return stream.dataset(start).map(lambda e: {k: e[k] for k in EPISODE_KEYS})
 
   def _train_batches(self, start_update):
     """Meta-batches from update ``start_update`` on. Episode i of the run comes from source
     i mod (number of sources) at that source's position: a function of the update count."""
     n = len(self.train_sources)
     first_episode = start_update * self.meta_batch_size
-    streams = [self._episodes(source, 'TRAIN', self.train_episode_config, self.seed + k,
-                              start=(first_episode - k + n - 1) // n)
+    streams = [self._episodes('train', source, start=(first_episode - k + n - 1) // n)
                for k, source in enumerate(self.train_sources)]
     order = [(first_episode + j) % n for j in range(n)]
     episodes = iter(tf.data.Dataset.choose_from_datasets(
@@ -343,7 +527,7 @@ class Trainer:
     """Restores ``checkpoint_to_restore`` or the latest checkpoint; returns the update."""
     path = self.checkpoint_to_restore or tf.train.latest_checkpoint(self.restore_dir)
     if path:
-      self.checkpoint.restore(path).assert_existing_objects_matched()
+      checkpoints_lib.restore(self.checkpoint, path, self.omit, self.learner.variables)
     return int(self.step.numpy())
 
   def train(self) -> Dict[str, float]:
@@ -356,12 +540,12 @@ class Trainer:
     """
     os.makedirs(self.checkpoint_dir, exist_ok=True)
     start = self.restore()
-    self._write_config()
+    run_dir.OperativeConfig(self.checkpoint_dir).write(gin.config_str())
     writers = {name: tf.summary.create_file_writer(os.path.join(self.summary_dir, name))
                for name in ('train', 'valid')}
     batches = self._train_batches(start)
-    progress = tqdm.tqdm(total=self.num_updates, initial=start, disable=not self.show_progress,
-                         desc=f'meta-training {self.learner_name}', unit='update')
+    progress = _Progress(self.num_updates, start, f'meta-training {self.learner_name}',
+                         disable=not self.show_progress)
     metrics = {}
     step_seconds = log_seconds = 0.0
     logged = start
@@ -373,51 +557,72 @@ class Trainer:
         seconds = time.perf_counter() - began
         step_seconds, log_seconds = step_seconds + seconds, log_seconds + seconds
         done = update + 1
-        progress.update(1)
+        progress.advance(done)
         if done % self.log_every == 0 or done == self.num_updates:
-          progress.set_postfix(loss=f'{float(metrics["loss"]):.3f}')
+          progress.bar.set_postfix(loss=f'{float(metrics["loss"]):.3f}')
           metrics['updates_per_second'] = (done - logged) / log_seconds
           self._summaries(writers['train'], metrics, done)
           logged, log_seconds = done, 0.0
-        if done % self.validate_every == 0 or done == self.num_updates:
-          value = self.validate(writers['valid'], done)
-          progress.write(f'update {done}: validation {self.format.metric} {value:.4f}')
         if done % self.checkpoint_every == 0 or done == self.num_updates:
-          self.manager.save(checkpoint_number=done)
+          self._save(done)
+        if done % self.validate_every == 0 or done == self.num_updates:
+          value, ci95 = self.validate(writers['valid'], done)
+          progress.write(f'update {done}: validation {self.format.metric} {value:.4f} '
+                         f'± {ci95:.4f}')
     except KeyboardInterrupt:
-      saved = self.manager.save(checkpoint_number=int(self.step.numpy()))
-      progress.write(f'Interrupted: saved {saved}; run the same command again to resume.')
+      done = int(self.step.numpy())
+      try:
+        saved = self._save(done)
+        progress.write(f'Interrupted: saved {saved}; run the same command again to resume.')
+      except errors.NonFiniteError as error:
+        progress.write(f'Interrupted; nothing saved: {error}')
       raise
     finally:
       progress.close()
+      for writer in writers.values():
+        writer.close()
     result = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
     if self.num_updates > start:
       result['updates_per_second'] = (self.num_updates - start) / step_seconds
     return result
 
+  def _save(self, done: int) -> str:
+    """Saves the latest checkpoint at update ``done``, after checking every weight is
+    finite (a non-finite state is never written)."""
+    checkpoints_lib.assert_finite(self.learner.variables,
+                                  f'Not saving the checkpoint of update {done}')
+    return self.manager.save(checkpoint_number=done)
+
   def _update(self, batch, update):
     """One outer update (on one device, or split across the strategy's replicas).
 
-    A non-finite loss or gradient stops training: on one device before the update is applied;
-    distributed, right after (all replicas apply together); either way the last good state is
-    restored from the latest checkpoint.
+    A non-finite loss or gradient stops training before the update is applied (on one
+    device; distributed, right after: all replicas apply together); a non-finite weight after
+    it stops training too. Either way the last good state is restored from the latest
+    checkpoint, which never holds a non-finite value.
     """
     if self.strategy.num_replicas_in_sync == 1:
       grads, metrics, finite = self._gradients(batch)
       if not bool(finite):
-        self._non_finite(update, metrics)
-      self._apply(grads)
+        self._non_finite(update, metrics, 'the meta-loss or its gradient is not finite')
+      if not bool(self._apply(grads)):
+        self._non_finite(update, metrics, 'the update made a weight non-finite')
       return metrics
     objective, metrics = self._distributed_step(batch)
     if not np.isfinite(float(objective)):
-      self._non_finite(update, metrics)
+      self._non_finite(update, metrics, 'the meta-loss or its gradient is not finite')
     self.step.assign_add(1)
+    if not bool(checkpoints_lib.all_finite(self.learner.variables)):
+      self._non_finite(update, metrics, 'the update made a weight non-finite')
     return metrics
 
-  def _non_finite(self, update, metrics):
+  def _non_finite(self, update, metrics, what):
     """Restores the last good state and raises an error that says where it happened."""
-    where = [f'update {update + 1}: the meta-loss or its gradient is not finite '
-             f'(query loss {float(metrics["loss"])}).']
+    where = [f'update {update + 1}: {what} (query loss {float(metrics["loss"])}).']
+    try:
+      checkpoints_lib.assert_finite(self.learner.variables, 'after it')
+    except errors.NonFiniteError as error:
+      where.append(f'{error}')
     for symbol in ('alpha', 'beta'):
       if symbol in metrics:
         values = metrics[symbol].numpy()
@@ -429,7 +634,11 @@ class Trainer:
     latest = self.manager.latest_checkpoint
     if latest:
       self.checkpoint.restore(latest)
-      where.append(f'Restored the last good state from {latest}.')
+      where.append(f'Restored the last good state from {latest}; lower the learning rates '
+                   '(MAMLLearner.alpha, Trainer.learning_rate) or ALFA\'s initial beta.')
+    else:
+      where.append('No checkpoint was written yet; lower the learning rates '
+                   '(MAMLLearner.alpha, Trainer.learning_rate) or ALFA\'s initial beta.')
     raise NonFiniteLossError(' '.join(where))
 
   def _summaries(self, writer, metrics, step):
@@ -445,90 +654,67 @@ class Trainer:
       tf.summary.scalar('learning_rate', _learning_rate(self.optimizer))
     writer.flush()
 
-  def validate(self, writer, step) -> float:
-    """The mean metric over the VALID split of the training sources; keeps the best
-    checkpoints."""
+  def validate(self, writer, step) -> Tuple[float, float]:
+    """The mean metric (and its 95% CI) over the VALID split of the training sources; keeps
+    the best checkpoints. Non-finite outputs raise NonFiniteError."""
     values = []
     per_source = max(1, self.num_validation_episodes // len(self.train_sources))
-    for k, source in enumerate(self.train_sources):
-      episodes = self._episodes(source, 'VALID', self.eval_episode_config, self.seed + 1000 + k)
-      for episode in episodes.take(per_source):
-        _, metrics = self._evaluate_batch([episode])
+    for source in self.train_sources:
+      episodes = self._episodes('valid', source)
+      for i, episode in enumerate(episodes.take(per_source)):
+        logits, metrics = self._evaluate_batch([episode])
+        evaluation.check_finite(logits[0].numpy(),
+                                f'Validation at update {step} on {source} VALID episode {i}')
         values.append(float(metrics[self.format.metric]))
-    value = float(np.mean(values))
+    value, ci95 = report.confidence_interval(values)
     with writer.as_default(step=step):
       tf.summary.scalar(self.format.metric, value)
+      tf.summary.scalar(f'{self.format.metric}_ci95', ci95)
     writer.flush()
-    self._keep_if_best(value, step)
-    return value
-
-  def _keep_if_best(self, value, step):
-    """Writes a best checkpoint if ``value`` is among the ``keep_best`` best validation
-    values so far (a non-finite value never is)."""
-    best_dir = os.path.join(self.checkpoint_dir, 'best')
-    os.makedirs(best_dir, exist_ok=True)
-    index_path = os.path.join(best_dir, 'best.json')
-    best = _read_json(index_path, [])
-    metric = self.format.metric
-    if not np.isfinite(value) or (len(best) >= self.keep_best and
-                                  not self.format.better(value, best[-1][metric])):
-      return
-    path = self.checkpoint.write(os.path.join(best_dir, f'ckpt-{step}'))
-    best = sorted(best + [{metric: value, 'step': step, 'path': os.path.basename(path)}],
-                  key=lambda b: b[metric], reverse=self.format.higher_is_better)
-    for dropped in best[self.keep_best:]:
-      for name in tf.io.gfile.glob(os.path.join(best_dir, dropped['path'] + '*')):
-        tf.io.gfile.remove(name)
-    _write_json(index_path, best[:self.keep_best])
+    checkpoints_lib.assert_finite(self.learner.variables,
+                                  f'Not keeping update {step} as a best checkpoint')
+    self.best.consider(self.checkpoint, value, step)
+    return value, ci95
 
   def best_checkpoints(self) -> List[str]:
-    best_dir = os.path.join(self.checkpoint_dir, 'best')
-    return [os.path.join(best_dir, b['path'])
-            for b in _read_json(os.path.join(best_dir, 'best.json'), [])]
-
-  def _write_config(self):
-    with open(os.path.join(self.checkpoint_dir, 'operative_config.gin'), 'w') as f:
-      f.write(gin.config_str())
+    return self.best.paths()
 
   # ----- evaluation -------------------------------------------------------------------------
 
-  def evaluate(self, sources: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+  def _restore_for_evaluation(self, path: str) -> int:
+    checkpoints_lib.restore(self.checkpoint, path, self.omit, self.learner.variables,
+                            partial=True)
+    return int(self.step.numpy())
+
+  def evaluate(self, sources: Optional[Sequence[str]] = None,
+               record: Optional[Dict[str, object]] = None) -> List[evaluation.Result]:
     """The metric and its 95% CI on ``num_eval_episodes`` episodes of ``eval_split`` per
-    source, with the latest checkpoint or the ensemble of the best ones (mean of their
-    outputs); writes tables and plots."""
+    source: of ``checkpoint_to_restore`` or the latest checkpoint, and (``ensemble_top_k`` >
+    1) of the logit ensemble of the best ones, each written to its own files (with ``record``,
+    e.g. the command line's bindings, in their JSON), beside the operative config the
+    evaluation ran with; plots."""
     sources = list(sources or self.eval_sources)
-    checkpoints = [self.checkpoint_to_restore or self.manager.latest_checkpoint]
-    if self.ensemble_top_k > 1:
-      checkpoints = self.best_checkpoints()[:self.ensemble_top_k] or checkpoints
-    if checkpoints == [None]:
-      raise FileNotFoundError(f'No checkpoint in {self.checkpoint_dir!r} to evaluate.')
-    logits, diagnostics, labels = {}, {}, {}
-    for path in checkpoints:
-      self.checkpoint.restore(path).expect_partial()
-      for k, source in enumerate(sources):
-        stream = self._episodes(source, self.eval_split, self.eval_episode_config,
-                                self.seed + 2000 + k)
-        for i, episode in enumerate(tqdm.tqdm(
-            stream.take(self.num_eval_episodes), total=self.num_eval_episodes,
-            desc=f'evaluating {source}', disable=not self.show_progress, leave=False)):
-          episode_logits, metrics = self._evaluate_batch([episode])
-          key = (source, i)
-          logits[key] = logits.get(key, 0.0) + episode_logits[0].numpy()
-          labels[key] = episode['query_labels'].numpy()
-          for symbol in ('alpha', 'beta'):
-            if symbol in metrics:
-              diagnostics.setdefault((source, symbol), []).append(metrics[symbol].numpy())
-    metric = _METRICS[self.format.metric]
-    per_source = {s: [float(metric(logits[(s, i)] / len(checkpoints), labels[(s, i)]))
-                      for i in range(self.num_eval_episodes)] for s in sources}
-    summaries = report.summarize(per_source)
-    step = int(self.step.numpy())
-    extra = {'checkpoints': [os.path.basename(c) for c in checkpoints],
-             'split': self.eval_split}
-    report.write_results(self.results_dir, summaries, self.learner_name, step, extra,
-                         metric=self.format.metric)
-    self._plots(sources, diagnostics)
-    return {s['source']: s for s in summaries}
+    single = self.checkpoint_to_restore or self.manager.latest_checkpoint
+    members = self.best.paths(self.ensemble_top_k) if self.ensemble_top_k > 1 else []
+    if not single and not members:
+      raise errors.ConfigError(f'No checkpoint to evaluate in {self.checkpoint_dir!r}.')
+    latest_step = None
+    if single and not self.checkpoint_to_restore:
+      latest_step = int(single.rsplit('-', 1)[-1])  # The manager names them ckpt-<update>.
+    same = [path for path, entry in zip(members, self.best.entries())
+            if entry['step'] == latest_step]  # Written at the same update as the latest.
+    results = self._evaluator.evaluate(self.learner_name, sources, self.eval_split,
+                                       self.num_eval_episodes, single, members, same)
+    extra = dict(record or {}, operative_config=run_dir.OPERATIVE_CONFIG)
+    if self.experiment_name:
+      extra['experiment_name'] = self.experiment_name
+    os.makedirs(self.results_dir, exist_ok=True)
+    run_dir.atomic_write(os.path.join(self.results_dir, run_dir.OPERATIVE_CONFIG),
+                         gin.config_str())
+    for result in results:
+      self._evaluator.write(result, self.results_dir, self.summary_dir, self.eval_split, extra)
+    self._plots(sources, self._evaluator.diagnostics)
+    return results
 
   def _plots(self, sources, diagnostics):
     names = list(self.learner.update_rule.param_names)
@@ -541,7 +727,7 @@ class Trainer:
             os.path.join(self.results_dir, f'alpha_beta_{source}.png'),
             title=f'{self.learner_name}: generated alpha and beta on {source}',
             alpha_std=alpha.std(0), beta_std=beta.std(0))
-    if tf.io.gfile.exists(self.summary_dir):
+    if tf.io.gfile.exists(os.path.join(self.summary_dir, 'train')):
       report.plot_training_curves(self.summary_dir,
                                   os.path.join(self.results_dir, 'training_curves.png'))
 
@@ -562,17 +748,3 @@ _METRICS = {'accuracy': _accuracy, 'mse': _mean_squared_error}
 def _learning_rate(optimizer):
   rate = optimizer.learning_rate
   return rate(optimizer.iterations) if callable(rate) else rate
-
-
-def _read_json(path, default):
-  if not os.path.exists(path):
-    return default
-  with open(path) as f:
-    return json.load(f)
-
-
-def _write_json(path, value):
-  temporary = path + '.tmp'
-  with open(temporary, 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(temporary, path)

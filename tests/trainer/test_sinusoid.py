@@ -64,7 +64,7 @@ def scalars(summary_dir, tag):
 
 def query_mse(trainer, num_tasks=50):
   """The mean query MSE after adaptation on fixed VALID tasks."""
-  tasks = trainer._episodes('sinusoid', 'VALID', None, seed=7).take(num_tasks)
+  tasks = trainer._episodes('valid', 'sinusoid').take(num_tasks)
   return np.mean([float(trainer._evaluate_batch([task])[1]['mse']) for task in tasks])
 
 
@@ -80,7 +80,7 @@ def test_alfa_training_loss_falls_and_generated_rates_stay_finite(tmp_path):
            for symbol in ('alpha', 'beta') for name in trainer.learner.update_rule.param_names
            for j in (1, 2)]
   assert len(rates) == 24 and np.all(np.isfinite(rates))
-  summary = trainer.evaluate()['sinusoid']
+  summary = trainer.evaluate()[0].by_source()['sinusoid']
   assert summary['num_episodes'] == 50 and np.isfinite(summary['mean'])
   best = json.load(open(tmp_path / 'best' / 'best.json'))
   assert [b['mse'] for b in best] == sorted(b['mse'] for b in best)

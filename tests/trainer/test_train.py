@@ -13,7 +13,9 @@ import tensorflow as tf
 from meta_dataset_ext import gin_setup
 from meta_dataset_ext import glyphs
 from meta_dataset_ext import trainer as trainer_lib
+from meta_dataset_ext.errors import DataError
 from tests.data import records_util
+from tests.faults import util as faults
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
@@ -149,7 +151,8 @@ def test_float16_overflow_skips_the_update_and_lowers_the_scale(records, tmp_pat
 
 
 def test_unknown_compute_dtype_is_named(records, tmp_path):
-  with pytest.raises(ValueError, match=r"Trainer.compute_dtype must be one of .*'float8'"):
+  with pytest.raises(gin_setup.ConfigError,
+                     match=r"Trainer.compute_dtype = 'float8' must be one of"):
     make_trainer(records, tmp_path, extra=["Trainer.compute_dtype = 'float8'"])
 
 
@@ -183,8 +186,9 @@ def test_every_config_parses_and_builds_its_learner(config, records, tmp_path):
   gin.clear_config()
   gin_setup.parse([config], ['DataConfig.image_height = 16',
                              'four_layer_convnet.num_filters = 4'])
-  trainer = trainer_lib.Trainer(records_root_dir=records, checkpoint_dir=str(tmp_path),
-                                is_training=False)
+  if gin.query_parameter('benchmark.train_datasets') == 'ilsvrc_2012':  # Not in `records`.
+    gin.parse_config(["benchmark.train_datasets = 'tiny'", "benchmark.eval_datasets = 'tiny'"])
+  trainer = trainer_lib.Trainer(records_root_dir=records, checkpoint_dir=str(tmp_path))
   assert trainer.learner.trainable_variables
   assert trainer.learner.num_classes >= (5 if trainer.format.metric == 'accuracy' else 1)
 
@@ -203,15 +207,12 @@ def test_missing_records_folder_is_named(tmp_path):
   gin.clear_config()
   gin_setup.parse(['quickstart_glyphs.gin'], [])
   missing = str(tmp_path / 'no_records')
-  with pytest.raises(FileNotFoundError, match='no_records'):
+  with pytest.raises(DataError, match='no_records.*does not exist'):
     trainer_lib.Trainer(records_root_dir=missing, checkpoint_dir=str(tmp_path / 'c'))
 
 
 def test_cli_reports_configuration_errors_cleanly(tmp_path):
-  done = subprocess.run(
-      [sys.executable, '-m', 'meta_dataset_ext.train', '--gin_config=gin/fo_maml.gin',
-       '--gin_bindings=Trainer.no_such_flag=1', f'--records_root_dir={tmp_path}'],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, PYTHONPATH=REPO))
-  assert done.returncode != 0
-  assert 'Configuration error' in done.stderr and 'no_such_flag' in done.stderr
+  result = faults.run_module('meta_dataset_ext.train', '--gin_config=gin/fo_maml.gin',
+                             '--gin_bindings=Trainer.no_such_flag=1',
+                             f'--records_root_dir={tmp_path}')
+  faults.assert_one_line_error(result, 'meta_dataset_ext.train', 'no_such_flag')
