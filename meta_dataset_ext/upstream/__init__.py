@@ -2,11 +2,12 @@
 
 The gin files start with ``import meta_dataset_ext.upstream``. Under upstream's
 ``python -m meta_dataset.train`` (its trainer module is loaded before the configs are parsed),
-this makes upstream's ImageNet episode sampler work on this numpy (``patches.patch_sampler``)
-and registers ``ALFAMAMLLearner`` and ``ALFAProtoMAMLLearner`` (``learners``) as subclasses of
-upstream's ``MAMLLearner``. Under the project's own trainer it does nothing: the same names are
-the project's learners (``meta_dataset_ext.learners``), and upstream is neither imported nor
-needed.
+this runs ``install``: it makes upstream's ImageNet episode sampler work on this numpy
+(``patches.patch_sampler``) and registers ``ALFAMAMLLearner`` and ``ALFAProtoMAMLLearner``
+(``learners``) as subclasses of upstream's ``MAMLLearner``. Under the project's own trainer it
+does nothing: the same names are the project's learners (``meta_dataset_ext.learners``), and
+upstream is neither imported nor needed. A program that imports this package before upstream's
+trainer (as ``train`` does) calls ``install`` itself.
 
 Modules: ``learners`` (the ALFA learners), ``patches`` (what upstream needs on current
 TensorFlow and numpy), ``train`` (``python -m meta_dataset_ext.upstream.train``: upstream's
@@ -22,8 +23,14 @@ def upstream_trainer_loaded() -> bool:
   return UPSTREAM_TRAINER in sys.modules
 
 
-if upstream_trainer_loaded():
+def install() -> list:
+  """Patches upstream's sampler where needed and registers the ALFA learners with gin (both
+  once); returns what was patched. Imports upstream (importable: see ``patches``)."""
   # pylint: disable=g-import-not-at-top
-  from meta_dataset_ext.upstream import patches
   from meta_dataset_ext.upstream import learners  # pylint: disable=unused-import
-  patches.patch_sampler()
+  from meta_dataset_ext.upstream import patches
+  return patches.patch_sampler()
+
+
+if upstream_trainer_loaded():
+  install()

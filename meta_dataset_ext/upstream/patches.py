@@ -18,8 +18,9 @@ ontology (``ilsvrc_2012``, the shipped configs' training source) fails on numpy 
 no longer makes arrays of lists of different lengths; the patch makes the sampler draw the
 same episodes as on older numpy. It changes nothing on numpy < 1.24.
 
-``meta_dataset_ext.upstream`` (the configs' gin import line) calls ``patch_sampler`` under
-upstream's trainer; ``meta_dataset_ext.upstream.train`` calls both before upstream's ``main``.
+``meta_dataset_ext.upstream.install`` calls ``patch_sampler`` (the configs' gin import line runs
+it under upstream's trainer); ``meta_dataset_ext.upstream.train`` calls ``install_shims`` and
+``install`` before upstream's ``main``.
 """
 import functools
 import importlib
