@@ -95,6 +95,9 @@ def parse_configuration() -> None:
   if not reload:
     return
   path = _reload_source()
+  if not os.path.isdir(os.path.dirname(path)):
+    raise errors.ConfigError(f'The run directory {os.path.dirname(path)!r} does not exist: '
+                             'give the folder of the run to evaluate (--train_checkpoint_dir).')
   if not os.path.isfile(path):
     if explicit or not FLAGS.gin_config:
       raise errors.ConfigError(
