@@ -18,7 +18,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The files that run under both trainers, and the project learner each selects here.
 SHARED = {'alfa_fo_maml.gin': learners.alfa_maml_learner,
           'alfa_fo_proto_maml.gin': learners.alfa_proto_maml_learner,
-          'fo_maml.gin': learners.maml_learner, 'fo_proto_maml.gin': learners.maml_learner}
+          'alfa_proto_maml_second_order.gin': learners.alfa_proto_maml_learner,
+          'alfa_random_fo_proto_maml.gin': learners.alfa_proto_maml_learner,
+          'fo_maml.gin': learners.maml_learner, 'fo_proto_maml.gin': learners.maml_learner,
+          'proto_maml_second_order.gin': learners.maml_learner}
 
 
 @pytest.mark.parametrize('config', sorted(SHARED))

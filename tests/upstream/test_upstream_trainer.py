@@ -22,7 +22,10 @@ SHORT_RUN = [f'Trainer.num_updates = {UPDATES}', f'Trainer.validate_every = {UPD
              f'Trainer.checkpoint_every = {UPDATES}', 'Trainer.log_every = 1',
              'Trainer.num_eval_episodes = 2', f'DataConfig.image_height = {sources.IMAGE_SIZE}']
 RUNS = [('alfa_fo_proto_maml.gin', 'ilsvrc_2012', 'ALFAProtoMAMLLearner'),
-        ('alfa_fo_proto_maml.gin', 'omniglot', 'ALFAProtoMAMLLearner')]
+        ('alfa_fo_proto_maml.gin', 'omniglot', 'ALFAProtoMAMLLearner'),
+        ('alfa_proto_maml_second_order.gin', 'ilsvrc_2012', 'ALFAProtoMAMLLearner'),
+        ('alfa_random_fo_proto_maml.gin', 'ilsvrc_2012', 'ALFAProtoMAMLLearner'),
+        ('proto_maml_second_order.gin', 'omniglot', 'MAMLLearner')]
 
 
 def trainer_command(config):
