@@ -182,3 +182,30 @@ def test_cli_reports_configuration_errors_cleanly(tmp_path):
                              '--gin_bindings=Trainer.no_such_flag=1',
                              f'--records_root_dir={tmp_path}')
   faults.assert_one_line_error(result, 'meta_dataset_ext.train', 'no_such_flag')
+
+
+def test_upstream_bindings_without_effect_here_are_named_once(records, tmp_path, capsys):
+  make_trainer(records, tmp_path / 'run', extra=[
+      'Trainer.batch_size = 256', 'DataConfig.shuffle_buffer_size = 1000',
+      'DataConfig.num_prefetch = 4', 'MAMLLearner.debug = True'])
+  warnings = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith('warning: ')]
+  assert len(warnings) == 4
+  for named in ('Trainer.batch_size = 256 has no effect here',
+                'DataConfig.shuffle_buffer_size = 1000 has no effect here',
+                "DataConfig.num_prefetch = 4 differs from upstream's meaning",
+                'MAMLLearner.debug = True has no effect here'):
+    assert sum(named in w for w in warnings) == 1, (named, warnings)
+  make_trainer(records, tmp_path / 'other', extra=['DataConfig.num_prefetch = 0'])
+  assert 'warning:' not in capsys.readouterr().err
+
+
+def test_tf_optimizations_off_as_upstream_turns_them_off(records, tmp_path):
+  try:
+    make_trainer(records, tmp_path / 'run', extra=['Trainer.enable_tf_optimizations = False'])
+    options = tf.config.optimizer.get_experimental_options()
+    assert options['constant_folding'] is False and options['disable_model_pruning'] is True
+  finally:
+    tf.config.optimizer.set_experimental_options(
+        dict({name: True for name in trainer_lib._TF_OPTIMIZATIONS},
+             disable_model_pruning=False))
