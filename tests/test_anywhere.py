@@ -84,6 +84,12 @@ def test_train_then_evaluate_the_run_directory_from_an_empty_folder(installed, t
   assert {'accuracy', 'accuracy_ci95'} <= _tags(
       str(summaries / 'eval_test_ensemble_top2' / 'glyphs'))
   assert 'accuracy_ci95' in _tags(str(summaries / 'valid'))
+  mask = os.umask(0)
+  os.umask(mask)
+  for root, dirs, files in os.walk(run_dir):  # Readable by colleagues as the umask says.
+    for name, base in [(d, 0o777) for d in dirs] + [(f, 0o666) for f in files]:
+      mode = os.stat(os.path.join(root, name)).st_mode & 0o777
+      assert mode == base & ~mask, (os.path.join(root, name), oct(mode))
   log = (run_dir / 'train.log').read_text()
   assert log.count('==== ') == 2 and 'compiling the meta-step' in log
   assert 'update 3: validation accuracy' in log and 'top-2 ensemble' in log
