@@ -36,6 +36,6 @@ def upstream_imports_unchanged() -> bool:
 
 
 def run_check(*args):
-  """Runs ``adapter_checks.check_<args[0]>](*args[1:])``; asserts that it passed."""
+  """Runs ``adapter_checks.check_<args[0]>(*args[1:])``; asserts that it passed."""
   done = run_python('-m', 'tests.upstream.adapter_checks', *args)
   assert done.returncode == 0 and done.stdout.strip().endswith('ok'), done.stderr[-4000:]
