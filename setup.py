@@ -24,6 +24,7 @@ setuptools.setup(
         "numpy",
         "absl-py",
         "matplotlib",
+        "pillow",
         "tqdm",
         "google-crc32c",
     ],
