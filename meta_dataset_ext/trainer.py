@@ -480,8 +480,10 @@ class Trainer:
       outs, metrics = outputs_and_metrics(batch, False)
       return [o.query_logits for o in outs], metrics
 
+    # The learners' code has no control flow on tensors: tracing it without AutoGraph's
+    # conversion takes about half the time (the wait before the first update).
     self._gradients = tf.function(gradients, input_signature=batch_signature,
-                                  jit_compile=self.jit_compile)
+                                  jit_compile=self.jit_compile, autograph=False)
     self._apply = tf.function(apply)
 
     def replica_objective(learner, episodes, global_batch_size):
@@ -496,7 +498,7 @@ class Trainer:
       self._distributed_step = distribute_lib.DistributedMetaStep(
           self.strategy, self.learner, self.optimizer, replica_objective,
           self.meta_batch_size, self.jit_compile)
-    self._evaluate_batch = tf.function(evaluate, input_signature=[[episode]])
+    self._evaluate_batch = tf.function(evaluate, input_signature=[[episode]], autograph=False)
 
   # ----- data -------------------------------------------------------------------------------
 
@@ -516,10 +518,13 @@ class Trainer:
     streams = [self._episodes('train', source, start=(first_episode - k + n - 1) // n)
                for k, source in enumerate(self.train_sources)]
     order = [(first_episode + j) % n for j in range(n)]
-    episodes = iter(tf.data.Dataset.choose_from_datasets(
+    episodes = iter(tf.data.Dataset.choose_from_datasets(  # Starts reading at once.
         [streams[k] for k in order], tf.data.Dataset.range(n).repeat()).prefetch(2))
-    while True:  # Episodes differ in shape: a meta-batch is a list, not a batched tensor.
-      yield [next(episodes) for _ in range(self.meta_batch_size)]
+
+    def batches():  # Episodes differ in shape: a meta-batch is a list, not a batched tensor.
+      while True:
+        yield [next(episodes) for _ in range(self.meta_batch_size)]
+    return batches()
 
   # ----- training ---------------------------------------------------------------------------
 
@@ -544,6 +549,9 @@ class Trainer:
     writers = {name: tf.summary.create_file_writer(os.path.join(self.summary_dir, name))
                for name in ('train', 'valid')}
     batches = self._train_batches(start)
+    if self.strategy.num_replicas_in_sync == 1 and start < self.num_updates:
+      # Trace the step now, while the input pipeline reads the first meta-batch.
+      self._gradients.get_concrete_function()
     progress = _Progress(self.num_updates, start, f'meta-training {self.learner_name}',
                          disable=not self.show_progress)
     metrics = {}
