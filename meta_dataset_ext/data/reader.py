@@ -10,66 +10,61 @@ indexed (each record's offset and length, found by walking the TFRecord
 headers, whose length checksums are verified), then any record can be read
 directly. This lets the sampler pick exactly which images an episode uses
 (uniformly, without replacement, so the support and query sets of a class are
-disjoint) and makes episodes reproducible from a seed.
+disjoint) and makes episodes reproducible from a seed. Each record read has
+its data checksum (the masked CRC32-C footer TensorFlow's own reader checks)
+verified too, unless asked not to.
 
 Public API
 ----------
-ClassRecords(spec, read_buffer_size_bytes=2**20)
+ClassRecords(spec, read_buffer_size_bytes=2**20, verify_checksums=True)
     .check_files(class_ids)           every class file exists, else DataError
     .num_records(class_id) -> int     (indexes the file on first use)
     .read_images(class_id, indices) -> list of encoded image bytes
-decode_image(image_bytes, image_height) -> float32 [h, h, 3] in [-1, 1]
-decode_images(image_bytes_vector, image_height) -> float32 [n, h, h, 3]
+    .where(class_id, index) -> str    "record 3 of <file> (class 7)"
+ImageDecoder(image_height)(images, origin=None) -> uint8 [n, h, h, 3]
+    Decodes a list of encoded images in one TensorFlow call (images of the
+    list on up to one thread per CPU core).
+scale(uint8 images) -> float32 in [-1, 1]
     Decoding as upstream's: any JPEG/PNG/GIF/BMP to RGB, bilinear resize to
     h x h, x * 2/255 - 1. Two small differences: TF2's resize samples pixel
     centres (upstream's TF1 resize aligned corners), and resized pixels are
     rounded to whole grey levels; images already h x h are not resampled.
+masked_crc32c(data) -> int            TFRecord's checksum (google_crc32c)
 
-Bad input raises `DataError` naming the file (and record index, class): a
-missing class file, a truncated or corrupt record, a record count different
-from the spec's images_per_class, a record that is not a tf.train.Example with
-`image` and `label`, a label other than the class id, and image bytes that are
-not a complete JPEG, PNG, GIF or BMP file. Image data damaged inside an
-intact JPEG/PNG container is only found by the decoder, whose TensorFlow error
-does not name the file.
+Bad input raises `DataError` naming the file (and record index, class) and
+what to do: a missing class file, a truncated or corrupt record (length or
+data checksum), a record count different from the spec's images_per_class, a
+record that is not a tf.train.Example with `image` and `label`, a label other
+than the class id, image bytes that are not a complete JPEG, PNG, GIF or BMP
+file, and an image that TensorFlow's decoder rejects (e.g. PNG data damaged
+before it was written, so that the record's checksum is intact).
 """
 
 import dataclasses
 import os
+import re
 import struct
-from typing import Dict, Iterable, List, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
+import google_crc32c
 import numpy as np
 import tensorflow as tf
 
 from meta_dataset_ext.data.spec import DataError
 
 _HEADER_BYTES = 12  # uint64 little-endian length, then its masked CRC32-C.
-_FOOTER_BYTES = 4  # masked CRC32-C of the data (not verified here).
+_FOOTER_BYTES = 4  # masked CRC32-C of the data.
 # A complete JPEG ends with the EOI marker, a PNG with its IEND chunk; some
 # writers append padding, so the marker is looked for near the end.
 _TRAILER_SEARCH_BYTES = 4096
-
-
-def _crc32c_table() -> List[int]:
-  table = []
-  for byte in range(256):
-    crc = byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    table.append(crc)
-  return table
-
-
-_CRC32C_TABLE = _crc32c_table()
+_REWRITE = "re-convert the source, or restore the file from a copy"
+# TensorFlow's wrapping of an op's message: "{{function_node ...}} ... [Op:X]".
+_TF_MESSAGE_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\].*$")
 
 
 def masked_crc32c(data: bytes) -> int:
   """TFRecord's checksum: CRC32-C (Castagnoli), rotated and offset."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  crc ^= 0xFFFFFFFF
+  crc = google_crc32c.value(data)
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
@@ -99,16 +94,18 @@ def index_records(path: str, buffer_size: int = 2**20) -> RecordIndex:
       header = f.read(_HEADER_BYTES)
       if len(header) < _HEADER_BYTES:
         raise DataError(f"Corrupt record {len(offsets)} in {path}: the file "
-                        f"ends inside a record header at byte {pos}.")
+                        f"ends inside a record header at byte {pos}; "
+                        f"{_REWRITE}.")
       length_bytes, crc = header[:8], struct.unpack("<I", header[8:])[0]
       if masked_crc32c(length_bytes) != crc:
         raise DataError(f"Corrupt record {len(offsets)} in {path}: bad length "
-                        f"checksum at byte {pos}.")
+                        f"checksum at byte {pos}; {_REWRITE}.")
       length = struct.unpack("<Q", length_bytes)[0]
       end = pos + _HEADER_BYTES + length + _FOOTER_BYTES
       if end > size:
         raise DataError(f"Corrupt record {len(offsets)} in {path}: the file "
-                        f"is truncated ({size} bytes, record ends at {end}).")
+                        f"is truncated ({size} bytes, record ends at {end}); "
+                        f"{_REWRITE}.")
       offsets.append(pos + _HEADER_BYTES)
       lengths.append(length)
       pos = end
@@ -135,11 +132,15 @@ class ClassRecords:
     spec: the source's dataset specification.
     read_buffer_size_bytes: read buffer used to index a class file (images
       themselves are read with one exact-size read each).
+    verify_checksums: check each record's data checksum when it is read (as
+      TensorFlow's TFRecord reader does); False skips that check.
   """
 
-  def __init__(self, spec, read_buffer_size_bytes: int = 2**20):
+  def __init__(self, spec, read_buffer_size_bytes: int = 2**20,
+               verify_checksums: bool = True):
     self.spec = spec
     self.read_buffer_size_bytes = read_buffer_size_bytes
+    self.verify_checksums = verify_checksums
     self._indexes: Dict[int, RecordIndex] = {}
 
   def check_files(self, class_ids: Iterable[int]):
@@ -150,7 +151,12 @@ class ClassRecords:
       shown = ", ".join(f"class {c}: {p}" for c, p in missing[:5])
       more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
       raise DataError(f"Missing class records file(s) of source "
-                      f"{self.spec.name!r}: {shown}{more}.")
+                      f"{self.spec.name!r}: {shown}{more}; {_REWRITE}.")
+
+  def where(self, class_id: int, index: int) -> str:
+    """Names record `index` of class `class_id` in error messages."""
+    return (f"record {index} of {self.spec.class_file(class_id)} "
+            f"(class {class_id})")
 
   def _index(self, class_id: int) -> RecordIndex:
     if class_id not in self._indexes:
@@ -161,7 +167,7 @@ class ClassRecords:
       if len(index.offsets) != expected:
         raise DataError(f"{path} holds {len(index.offsets)} records but the "
                         f"spec of source {self.spec.name!r} says class "
-                        f"{class_id} has {expected} images.")
+                        f"{class_id} has {expected} images; {_REWRITE}.")
       self._indexes[class_id] = index
     return self._indexes[class_id]
 
@@ -172,16 +178,19 @@ class ClassRecords:
   def read_images(self, class_id: int, indices: Sequence[int]) -> List[bytes]:
     """Encoded image bytes of records `indices` of class `class_id`."""
     index = self._index(class_id)
-    path = self.spec.class_file(class_id)
     images = []
-    with open(path, "rb", buffering=0) as f:
+    with open(self.spec.class_file(class_id), "rb", buffering=0) as f:
       for i in indices:
         f.seek(index.offsets[i])
-        record = f.read(index.lengths[i])
+        data = f.read(index.lengths[i] + _FOOTER_BYTES)
+        record = data[:-_FOOTER_BYTES]
+        if self.verify_checksums and masked_crc32c(record) != struct.unpack(
+            "<I", data[-_FOOTER_BYTES:])[0]:
+          raise DataError(f"Corrupt {self.where(class_id, i)}: its data does "
+                          f"not match its checksum; {_REWRITE}.")
         image, problem = _image_of_record(record, class_id)
         if problem:
-          raise DataError(problem.format(
-              where=f"record {i} of {path} (class {class_id})"))
+          raise DataError(problem.format(where=self.where(class_id, i)))
         images.append(image)
     return images
 
@@ -191,20 +200,21 @@ def _image_of_record(record: bytes, class_id: int):
   try:
     feature = tf.train.Example.FromString(record).features.feature
   except Exception as e:  # protobuf's DecodeError has no stable import path
-    return None, f"Corrupt {{where}}: not a tf.train.Example ({e})."
+    return None, f"Corrupt {{where}}: not a tf.train.Example ({e}); {_REWRITE}."
   if "image" not in feature or "label" not in feature:
     return None, ("Bad {where}: expected features 'image' and 'label', found "
-                  f"{sorted(feature)}.")
+                  f"{sorted(feature)}; {_REWRITE}.")
   labels = feature["label"].int64_list.value
   if len(labels) != 1 or labels[0] != class_id:
     return None, (f"Bad {{where}}: label {list(labels)} is not the class id "
-                  f"{class_id}.")
+                  f"{class_id}; {_REWRITE}.")
   images = feature["image"].bytes_list.value
   if len(images) != 1:
-    return None, f"Bad {{where}}: expected one image, found {len(images)}."
+    return None, (f"Bad {{where}}: expected one image, found {len(images)}; "
+                  f"{_REWRITE}.")
   problem = _image_format_problem(images[0])
   if problem:
-    return None, f"Image of {{where}} does not decode: {problem}."
+    return None, f"Image of {{where}} does not decode: {problem}; {_REWRITE}."
   return images[0], None
 
 
@@ -212,37 +222,62 @@ def _decode_uint8(image_bytes: tf.Tensor, image_height: int) -> tf.Tensor:
   """Decodes one image to uint8 [h, h, 3], resizing it if needed.
 
   A resized image is rounded back to uint8 (an error of at most half a grey
-  level) so that whole episodes are stacked and scaled as uint8, which is
+  level) so that whole episodes are handed over and scaled as uint8, which is
   much faster than per-image float32 tensors.
   """
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
   shape = tf.shape(image)
-  return tf.cond(
+  image = tf.cond(
       tf.logical_and(shape[0] == image_height, shape[1] == image_height),
-      lambda: tf.ensure_shape(image, [image_height, image_height, 3]),
+      lambda: image,
       lambda: tf.saturate_cast(tf.round(tf.image.resize(
           image, [image_height, image_height],
           method=tf.image.ResizeMethod.BILINEAR)), tf.uint8))
+  return tf.ensure_shape(image, [image_height, image_height, 3])
 
 
-def _scale(images: tf.Tensor) -> tf.Tensor:
+def _decode_problem(image_bytes: bytes) -> Optional[str]:
+  """None if TensorFlow decodes `image_bytes`, else its complaint."""
+  try:
+    tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  except tf.errors.InvalidArgumentError as e:
+    return _TF_MESSAGE_NOISE.sub("", e.message).strip() or "rejected"
+  return None
+
+
+class ImageDecoder:
+  """Decodes lists of encoded images to uint8 [n, h, h, 3] (see module doc).
+
+  TensorFlow's decoders name no file when an image does not decode; the
+  decoder then decodes the images one by one to find it, and raises DataError
+  naming it by `origin`.
+  """
+
+  def __init__(self, image_height: int):
+    self.image_height = image_height
+    signature = tf.TensorSpec([image_height, image_height, 3], tf.uint8)
+    self._decode = tf.function(
+        lambda images: tf.map_fn(
+            lambda image: _decode_uint8(image, image_height), images,
+            fn_output_signature=signature,
+            parallel_iterations=os.cpu_count() or 1),
+        input_signature=[tf.TensorSpec([None], tf.string)])
+
+  def __call__(self, images: Sequence[bytes],
+               origin: Optional[Callable[[int], str]] = None) -> np.ndarray:
+    """The decoded `images`; `origin(k)` names image k in error messages."""
+    try:
+      return self._decode(tf.constant(images, tf.string)).numpy()
+    except tf.errors.InvalidArgumentError:
+      for k, image in enumerate(images):
+        problem = _decode_problem(image)
+        if problem:
+          where = origin(k) if origin else f"image {k}"
+          raise DataError(f"Image of {where} does not decode ({problem}); "
+                          f"{_REWRITE}.") from None
+      raise
+
+
+def scale(images: tf.Tensor) -> tf.Tensor:
   """uint8 [0, 255] -> float32 [-1, 1]."""
   return tf.cast(images, tf.float32) * (2.0 / 255.0) - 1.0
-
-
-def decode_image(image_bytes: tf.Tensor, image_height: int) -> tf.Tensor:
-  """Decodes one image to float32 [h, h, 3] in [-1, 1] (bilinear resize)."""
-  return _scale(_decode_uint8(image_bytes, image_height))
-
-
-def decode_images(image_bytes: tf.Tensor, image_height: int) -> tf.Tensor:
-  """Decodes a vector of encoded images to float32 [n, h, h, 3] in [-1, 1].
-
-  The images are decoded one after the other: the pipeline decodes several
-  episodes in parallel, which is faster than threads within an episode.
-  """
-  return _scale(tf.map_fn(
-      lambda b: _decode_uint8(b, image_height), image_bytes,
-      fn_output_signature=tf.TensorSpec([image_height, image_height, 3],
-                                        tf.uint8),
-      parallel_iterations=1))

@@ -35,8 +35,10 @@ from typing import List, Optional, Tuple, Union
 import gin
 import numpy as np
 
+from meta_dataset_ext import checks
 from meta_dataset_ext.data import spec as spec_lib
 from meta_dataset_ext.data.spec import DataError
+from meta_dataset_ext.errors import ConfigError
 
 
 @gin.configurable
@@ -67,6 +69,12 @@ class EpisodeDescriptionConfig:
     simclr_episode_fraction, num_unique_descriptions,
     episode_description_switch_frequency: accepted so that upstream's gin
       files parse; only their defaults (0.0, 0, 1) are supported.
+
+  Raises:
+    ConfigError: a value of the wrong type or out of range, min_ways above
+      max_ways_upper_bound, min_log_weight above max_log_weight, or an
+      unsupported option, naming the binding (e.g.
+      'EpisodeDescriptionConfig.num_support').
   """
   num_ways: Optional[int] = None
   num_support: Union[None, int, Tuple[int, int]] = None
@@ -88,16 +96,41 @@ class EpisodeDescriptionConfig:
   episode_description_switch_frequency: int = 1
 
   def __post_init__(self):
-    if isinstance(self.num_support, list):
-      self.num_support = tuple(self.num_support)
+    binding = lambda field: f"EpisodeDescriptionConfig.{field}"
+    for field in ("num_ways", "num_query"):
+      if getattr(self, field) is not None:
+        setattr(self, field, checks.integer(binding(field),
+                                            getattr(self, field), minimum=1))
+    self.num_support = _checked_num_support(self.num_support)
+    for field, minimum in (("min_ways", 1), ("max_ways_upper_bound", 1),
+                           ("max_num_query", 1), ("max_support_set_size", 1),
+                           ("max_support_size_contrib_per_class", 1),
+                           ("min_examples_in_class", 0),
+                           ("max_spanning_leaves_eligible", 1)):
+      setattr(self, field, checks.integer(binding(field), getattr(self, field),
+                                          minimum=minimum))
+    for field in ("min_log_weight", "max_log_weight"):
+      setattr(self, field, checks.number(binding(field), getattr(self, field)))
+    self.ignore_hierarchy_probability = checks.number(
+        binding("ignore_hierarchy_probability"),
+        self.ignore_hierarchy_probability, minimum=0.0, maximum=1.0)
+    for field in ("ignore_dag_ontology", "ignore_bilevel_ontology"):
+      setattr(self, field, checks.boolean(binding(field), getattr(self, field)))
+    for low, high in (("min_ways", "max_ways_upper_bound"),
+                      ("min_log_weight", "max_log_weight")):
+      if getattr(self, low) > getattr(self, high):
+        raise ConfigError(
+            f"{binding(low)} = {getattr(self, low)!r} is larger than "
+            f"{binding(high)} = {getattr(self, high)!r}: bind values with "
+            f"{low} <= {high}.")
     unsupported = {"simclr_episode_fraction": 0.0,
                    "num_unique_descriptions": 0,
                    "episode_description_switch_frequency": 1}
     for name, default in unsupported.items():
       if getattr(self, name) != default:
-        raise DataError(f"EpisodeDescriptionConfig.{name} = "
-                        f"{getattr(self, name)!r} is not supported; only "
-                        f"{default!r}.")
+        raise ConfigError(f"{binding(name)} = {getattr(self, name)!r} is not "
+                          f"supported (only {default!r} is): remove the "
+                          "binding.")
 
   @classmethod
   def fixed(cls, num_ways: int, num_support: int, num_query: int,
@@ -125,6 +158,27 @@ class EpisodeDescriptionConfig:
                self.max_ways * self.max_support_per_class)
     query = self.max_ways * (self.num_query or self.max_num_query)
     return support, query
+
+
+def _checked_num_support(value) -> Union[None, int, Tuple[int, int]]:
+  """EpisodeDescriptionConfig.num_support as None, an int or a (low, high)."""
+  binding = "EpisodeDescriptionConfig.num_support"
+  expected = (f"{binding} = {value!r} must be a number of shots >= 1, a "
+              "(low, high) range of them with low <= high, or None (variable "
+              "shots).")
+  if value is None:
+    return None
+  try:
+    if isinstance(value, (list, tuple)):
+      if len(value) != 2:
+        raise ConfigError(expected)
+      low, high = (checks.integer(binding, v, minimum=1) for v in value)
+      if low > high:
+        raise ConfigError(expected)
+      return low, high
+    return checks.integer(binding, value, minimum=1)
+  except ConfigError:
+    raise ConfigError(expected) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +249,8 @@ class EpisodeSampler:
     DataError: the split has fewer usable classes than the minimum way, a
       class has fewer than 2 images (or fewer than fixed shots + queries), a
       superclass has fewer classes than min_ways, no DAG node is eligible, a
-      hierarchy is combined with a fixed num_ways, or the way bounds
-      contradict each other or max_support_set_size.
+      hierarchy is combined with a fixed num_ways, or max_support_set_size
+      cannot give every class of the largest way one image.
   """
 
   def __init__(self, spec, split, config: EpisodeDescriptionConfig,
@@ -257,9 +311,6 @@ class EpisodeSampler:
 
   def _check_ways(self):
     cfg = self.config
-    if cfg.num_ways is None and cfg.max_ways_upper_bound < cfg.min_ways:
-      raise DataError(f"max_ways_upper_bound={cfg.max_ways_upper_bound} is "
-                      f"smaller than min_ways={cfg.min_ways}.")
     largest_way = min(cfg.max_ways, len(self._class_ids))
     if cfg.num_support is None and cfg.max_support_set_size < largest_way:
       raise DataError(

@@ -26,6 +26,14 @@ def encode_png(class_id: int, index: int, size: int) -> bytes:
   return writer.encode_png(pixels)
 
 
+def damaged_png(class_id: int, index: int, size: int) -> bytes:
+  """encode_png's image with a byte of its pixel data flipped: damaged before
+  it was written (the record's checksum is intact), so only decoding fails."""
+  data = bytearray(encode_png(class_id, index, size))
+  data[data.find(b"IDAT") + 8] ^= 0xFF
+  return bytes(data)
+
+
 def identify(image: np.ndarray) -> tuple:
   """(class id, record index) of a decoded image in [-1, 1]."""
   rgb = np.round((np.asarray(image)[0, 0] + 1.0) * 255.0 / 2.0).astype(int)

@@ -1,6 +1,7 @@
 """Tests of meta_dataset_ext.data.pipeline: episodes from records on disk."""
 
 import os
+import re
 
 import gin
 import numpy as np
@@ -12,6 +13,7 @@ from meta_dataset_ext.data import spec as spec_lib
 from meta_dataset_ext.data import writer
 from meta_dataset_ext.data.sampler import EpisodeDescriptionConfig
 from meta_dataset_ext.data.spec import DataError
+from meta_dataset_ext.errors import ConfigError
 from tests.data import records_util
 
 HEIGHT = 12
@@ -154,6 +156,19 @@ def test_bilevel_and_hierarchical_episodes(root):
     assert ids in node_ids
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("image_height", "16", "image_height = '16' must be an integer >= 1"),
+    ("image_height", 0, "image_height = 0 must be an integer >= 1"),
+    ("shuffle_buffer_size", -1, "shuffle_buffer_size = -1"),
+    ("read_buffer_size_bytes", 0, "read_buffer_size_bytes = 0"),
+    ("num_prefetch", 1.5, "num_prefetch = 1.5 must be an integer"),
+    ("verify_checksums", "yes", "verify_checksums = 'yes' must be True or"),
+])
+def test_data_config_values_are_checked_where_they_enter(field, value, match):
+  with pytest.raises(ConfigError, match=f"DataConfig.{match}"):
+    pipeline.DataConfig(**{field: value})
+
+
 def test_data_config_is_gin_configurable():
   try:
     gin.parse_config("DataConfig.image_height = 28\n"
@@ -193,8 +208,43 @@ def test_corrupt_record_error_names_file_when_iterating(tmp_path):
     data = open(path, "rb").read()
     open(path, "wb").write(data[:-7])
   dataset = pipeline.make_episode_dataset(str(tmp_path), "bad", "TRAIN")
-  with pytest.raises(tf.errors.OpError, match=r"Corrupt record 2 in .*bad"):
+  with pytest.raises(tf.errors.OpError,
+                     match=r"Corrupt record 2 in .*bad") as info:
     next(iter(dataset))
+  error = pipeline.user_error(info.value)  # The DataError itself: one line.
+  assert isinstance(error, DataError) and "\n" not in str(error)
+  assert str(error).startswith("Corrupt record 2 in ")
+
+
+def test_error_with_quotes_and_non_ascii_path_is_recovered(tmp_path):
+  root = str(tmp_path / "l'été")  # TensorFlow escapes both when it prints.
+  spec = records_util.make_flat_source(root, "bad", (5, 0, 0), [3] * 5, size=8)
+  records_util.write_records(spec.class_file(1), [
+      writer.make_example(records_util.encode_png(1, 0, 8), 1)])
+  with pytest.raises(tf.errors.OpError) as info:
+    next(iter(pipeline.make_episode_dataset(root, "bad", "TRAIN")))
+  assert str(pipeline.user_error(info.value)) == (
+      f"{spec.class_file(1)} holds 1 records but the spec of source 'bad' says "
+      "class 1 has 3 images; re-convert the source, or restore the file from "
+      "a copy.")
+
+
+def test_image_that_does_not_decode_is_named_when_iterating(tmp_path):
+  spec = records_util.make_flat_source(str(tmp_path), "bad", (5, 0, 0),
+                                       [3] * 5, size=8)
+  records_util.write_records(spec.class_file(2), [
+      writer.make_example(records_util.damaged_png(2, i, 8), 2)
+      for i in range(3)])
+  dataset = pipeline.make_episode_dataset(
+      str(tmp_path), "bad", "TRAIN", EpisodeDescriptionConfig.fixed(5, 1, 1),
+      DATA_CONFIG)
+  with pytest.raises(tf.errors.OpError) as info:
+    next(iter(dataset))
+  assert pipeline.user_error(tf.errors.UnknownError(None, None, "x")) is None
+  assert re.fullmatch(
+      r"Image of record \d of .*bad.2\.tfrecords \(class 2\) does not decode "
+      r"\(Invalid PNG data, size \d+\); re-convert the source.*",
+      str(pipeline.user_error(info.value)))
 
 
 def test_reads_what_the_writer_writes(tmp_path):

@@ -19,7 +19,7 @@ def source(tmp_path):
 
 
 def decode_all(images, height=8):
-  return reader_lib.decode_images(tf.constant(images), height).numpy()
+  return reader_lib.scale(reader_lib.ImageDecoder(height)(images)).numpy()
 
 
 def test_index_matches_tensorflow_reader(source):
@@ -50,13 +50,49 @@ def test_read_images_returns_requested_records(source):
 def test_decode_resizes_and_scales():
   pixels = np.zeros((20, 10, 3), np.uint8)
   pixels[:, :, 0] = 255
-  for encoded in (writer.encode_png(pixels),
-                  tf.io.encode_jpeg(pixels, quality=100).numpy(),
-                  writer.encode_png(pixels[:, :, 0])):  # grayscale
-    image = reader_lib.decode_image(tf.constant(encoded), 16).numpy()
-    assert image.shape == (16, 16, 3) and image.dtype == np.float32
-    assert image.min() >= -1.0 and image.max() <= 1.0
-    np.testing.assert_allclose(image[..., 0], 1.0, atol=0.02)
+  images = decode_all([writer.encode_png(pixels),
+                       tf.io.encode_jpeg(pixels, quality=100).numpy(),
+                       writer.encode_png(pixels[:, :, 0])], 16)  # grayscale
+  assert images.shape == (3, 16, 16, 3) and images.dtype == np.float32
+  assert images.min() >= -1.0 and images.max() <= 1.0
+  np.testing.assert_allclose(images[..., 0], 1.0, atol=0.02)
+  assert decode_all([], 16).shape == (0, 16, 16, 3)
+
+
+def test_flipped_data_byte_fails_the_checksum(source):
+  path = source.class_file(2)
+  index = reader_lib.index_records(path)
+  data = bytearray(open(path, "rb").read())
+  data[index.offsets[4] + index.lengths[4] // 2] ^= 0x01  # Inside the image.
+  open(path, "wb").write(bytes(data))
+  with pytest.raises(tf.errors.DataLossError):  # TensorFlow's reader agrees.
+    list(tf.data.TFRecordDataset(path))
+  records = reader_lib.ClassRecords(source)
+  records.read_images(2, [0, 1, 2, 3, 5])
+  with pytest.raises(DataError, match=r"Corrupt record 4 of .*2\.tfrecords "
+                     r"\(class 2\): its data does not match its checksum"):
+    records.read_images(2, [4])
+  unchecked = reader_lib.ClassRecords(source, verify_checksums=False)
+  assert len(unchecked.read_images(2, [4])) == 1  # The check is what finds it.
+
+
+def test_image_that_does_not_decode_is_named(source):
+  good = records_util.encode_png(1, 0, 8)
+  decoder = reader_lib.ImageDecoder(8)
+  with pytest.raises(DataError, match=r"Image of record 7 of x \(class 1\) "
+                     r"does not decode \(Invalid PNG data"):
+    decoder([good, records_util.damaged_png(1, 1, 8), good],
+            lambda k: f"record {6 + k} of x (class 1)")
+  records_util.write_records(source.class_file(1), [
+      writer.make_example(records_util.damaged_png(1, i, 8) if i == 3 else
+                          records_util.encode_png(1, i, 8), 1)
+      for i in range(5)])
+  records = reader_lib.ClassRecords(source)
+  chosen = [4, 3, 0]
+  with pytest.raises(DataError,
+                     match=r"record 3 of .*1\.tfrecords \(class 1\)"):
+    decoder(records.read_images(1, chosen),
+            lambda k: records.where(1, chosen[k]))
 
 
 def test_missing_class_file_is_named(source):

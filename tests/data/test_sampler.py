@@ -8,6 +8,7 @@ from meta_dataset_ext.data import sampler as sampler_lib
 from meta_dataset_ext.data import spec as spec_lib
 from meta_dataset_ext.data.sampler import EpisodeDescriptionConfig
 from meta_dataset_ext.data.spec import DataError
+from meta_dataset_ext.errors import ConfigError
 
 NUM_DRAWS = 1500
 
@@ -240,15 +241,51 @@ def test_config_is_gin_configurable_with_upstream_names():
 
 
 def test_unsupported_upstream_options_are_refused():
-  with pytest.raises(DataError, match="simclr_episode_fraction"):
+  with pytest.raises(ConfigError, match="simclr_episode_fraction = 0.5"):
     EpisodeDescriptionConfig(simclr_episode_fraction=0.5)
 
 
-def test_inconsistent_way_and_support_bounds():
+@pytest.mark.parametrize("field,value,match", [
+    ("num_support", 0, "num_support = 0 must be a number of shots >= 1"),
+    ("num_support", -2, "num_support = -2 must be"),
+    ("num_support", (3, 1), r"num_support = \(3, 1\) must be .*low <= high"),
+    ("num_support", (1, 2, 3), r"num_support = \(1, 2, 3\)"),
+    ("num_support", "5", "num_support = '5'"),
+    ("num_query", 0, "num_query = 0 must be an integer >= 1"),
+    ("num_ways", 2.5, "num_ways = 2.5 must be an integer"),
+    ("num_ways", True, "num_ways = True must be an integer"),
+    ("max_num_query", 0, "max_num_query = 0 must be an integer >= 1"),
+    ("min_ways", 0, "min_ways = 0"),
+    ("max_ways_upper_bound", 4, "min_ways = 5 is larger than "
+     "EpisodeDescriptionConfig.max_ways_upper_bound = 4"),
+    ("max_support_set_size", 0, "max_support_set_size = 0"),
+    ("max_support_size_contrib_per_class", -1,
+     "max_support_size_contrib_per_class = -1"),
+    ("min_examples_in_class", -1, "min_examples_in_class = -1"),
+    ("max_spanning_leaves_eligible", 0, "max_spanning_leaves_eligible = 0"),
+    ("max_log_weight", -1.0, "min_log_weight = .* is larger than "
+     "EpisodeDescriptionConfig.max_log_weight = -1.0"),
+    ("min_log_weight", "low", "min_log_weight = 'low' must be a number"),
+    ("ignore_hierarchy_probability", 1.5,
+     "ignore_hierarchy_probability = 1.5 must be a number >= 0.0 and <= 1.0"),
+    ("ignore_dag_ontology", 1, "ignore_dag_ontology = 1 must be True or "
+     "False"),
+])
+def test_config_values_are_checked_where_they_enter(field, value, match):
+  with pytest.raises(ConfigError, match=f"EpisodeDescriptionConfig.{match}"):
+    EpisodeDescriptionConfig(**{field: value})
+
+
+def test_config_values_in_gin_forms_are_accepted():
+  config = EpisodeDescriptionConfig(num_support=[1, 5], num_ways=5.0,
+                                    max_num_query=1e1)
+  assert config.num_support == (1, 5)
+  assert config.num_ways == 5 and isinstance(config.num_ways, int)
+  assert config.max_num_query == 10
+
+
+def test_support_set_cap_below_the_largest_way():
   spec = flat_spec([20] * 30)
-  with pytest.raises(DataError, match="max_ways_upper_bound=4"):
-    sampler_lib.EpisodeSampler(spec, "TRAIN", EpisodeDescriptionConfig(
-        max_ways_upper_bound=4))
   with pytest.raises(DataError, match="max_support_set_size=20 .* 30"):
     sampler_lib.EpisodeSampler(spec, "TRAIN", EpisodeDescriptionConfig(
         max_support_set_size=20))
