@@ -41,7 +41,8 @@ writes the source `glyphs` (`R/glyphs/dataset_spec.json`, a
 BiLevelDatasetSpecification, and one `<class_id>.tfrecords` per class) and
 prints its statistics. Without --overwrite an existing source with the same
 settings is left as it is (and one with other settings is an error).
---num_workers=0 uses one process per CPU.
+--num_workers=0 uses one process per CPU. Errors are one line on stderr (exit
+status 2; --verbose for the traceback).
 
 Python:
 
@@ -61,13 +62,13 @@ import time
 import unicodedata
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 import matplotlib
 from matplotlib import ft2font
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from meta_dataset_ext import cli
 from meta_dataset_ext.data import spec as spec_lib
 from meta_dataset_ext.data import writer
 from meta_dataset_ext.data.spec import DataError, Split
@@ -75,7 +76,7 @@ from meta_dataset_ext.data.spec import DataError, Split
 SOURCE_NAME = "glyphs"
 SETTINGS_FILENAME = "glyphs_settings.json"
 MAX_CLASSES_PER_ALPHABET = 50
-MIN_CLASSES_PER_ALPHABET = 5  # The smallest way of an episode.
+MIN_CLASSES_PER_ALPHABET = writer.MIN_WAYS  # The smallest way of an episode.
 SPLIT_FRACTIONS = (0.6, 0.15, 0.25)  # Of the alphabets.
 _FORMAT_VERSION = 1  # Bump when the rendering changes.
 
@@ -434,13 +435,16 @@ FLAGS = flags.FLAGS
 def _define_flags():
   flags.DEFINE_string("records_root_dir", None,
                       "Records root; the source goes to <dir>/glyphs.")
-  flags.DEFINE_integer("image_size", 28, "Side of the square images.")
+  flags.DEFINE_integer("image_size", 28, "Side of the square images.",
+                       lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Seed of the alphabet split and rendering.")
-  flags.DEFINE_integer("images_per_class", 20, "Images of every character.")
+  flags.DEFINE_integer("images_per_class", 20, "Images of every character.",
+                       lower_bound=writer.MIN_IMAGES_PER_CLASS)
   flags.DEFINE_integer("min_fonts", 8,
-                       "Fonts that must draw a character for it to be a class.")
+                       "Fonts that must draw a character for it to be a class.",
+                       lower_bound=1)
   flags.DEFINE_integer("num_workers", 0,
-                       "Rendering processes; 0: one per CPU.")
+                       "Rendering processes; 0: one per CPU.", lower_bound=0)
   flags.DEFINE_bool("overwrite", False,
                     "Regenerate even if the source exists.")
   flags.mark_flag_as_required("records_root_dir")
@@ -463,4 +467,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

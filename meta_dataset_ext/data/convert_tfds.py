@@ -25,23 +25,25 @@ Command line:
         [--max_images_per_class=N] [--overwrite]
 
 writes `R/<name>/dataset_spec.json` and `R/<name>/<class_id>.tfrecords`
-(atomically). Without --download the builder must already be prepared in
---data_dir (e.g. with `tfds build`).
+(atomically; `--records_root=R`, upstream's spelling, works too; <name> is one
+folder name). Without --download the builder must already be prepared in
+--data_dir (e.g. with `tfds build`). A split too small for episodes is warned
+about. Errors are one line on stderr (exit status 2; --verbose for the
+traceback).
 
 Python: `convert_tfds(builder_name, records_root_dir, ...) -> spec`.
 """
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from meta_dataset_ext import cli
+from meta_dataset_ext.data import convert_folder
 from meta_dataset_ext.data import spec as spec_lib
 from meta_dataset_ext.data import writer
 from meta_dataset_ext.data.spec import DataError, Split
@@ -174,7 +176,7 @@ def convert_tfds(builder_name: str, records_root_dir: str,
       image that does not decode, a class with fewer than 2 images.
   """
   defaults = KNOWN_BUILDERS.get(builder_name, _GENERIC)
-  name = name or builder_name
+  name = writer.check_source_name(name or builder_name)
   if superclass_key == "":
     superclass_key = defaults.superclass_key
   builder = _builder(builder_name, data_dir)
@@ -202,9 +204,9 @@ def convert_tfds(builder_name: str, records_root_dir: str,
                     f"--download or `tfds build {builder_name}`): {e}"
                     ) from None
 
-  os.makedirs(records_root_dir, exist_ok=True)
-  scratch = tempfile.mkdtemp(prefix=f".{name}.scratch-", dir=records_root_dir)
-  try:
+  writer.make_records_root(records_root_dir)
+  writer.remove_stale_work_dirs(records_root_dir, name)
+  with writer.work_dir(records_root_dir, name, "scratch") as scratch:
     counts, superclass_of = _read_by_label(
         dataset, scratch, builder_name, superclass_key, max_images_per_class,
         label_feature.num_classes)
@@ -227,10 +229,9 @@ def convert_tfds(builder_name: str, records_root_dir: str,
                [f"{group_name(g)}-{class_names[l]}" for l in members[g]])
               for g in by_split[s]] for s in Split})
       ordered = [l for s in Split for g in by_split[s] for l in members[g]]
+    writer.warn_small_splits(layout, "choose other --split_fractions")
     return writer.write_source(records_root_dir, layout,
                                _scratch_images(scratch, ordered), overwrite)
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _assign(items: List[int], fractions: Sequence[float], seed: int,
@@ -247,6 +248,7 @@ FLAGS = flags.FLAGS
 def _define_flags():
   flags.DEFINE_string("builder", None, "TFDS builder name, e.g. omniglot.")
   flags.DEFINE_string("records_root_dir", None, "Records root to write into.")
+  flags.DEFINE_alias("records_root", "records_root_dir")
   flags.DEFINE_string("name", None, "Source name (default: the builder's).")
   flags.DEFINE_string("data_dir", None, "TFDS data directory.")
   flags.DEFINE_bool("download", False, "Download and prepare the builder.")
@@ -254,11 +256,13 @@ def _define_flags():
   flags.DEFINE_string("superclass_key", "",
                       "ClassLabel feature of superclasses (bi-level source); "
                       "'' for the builder's default, 'none' for flat.")
-  flags.DEFINE_list("split_fractions", None,
-                    "TRAIN,VALID,TEST fractions of the (super)classes.")
+  convert_folder.define_split_list_flag(
+      "split_fractions", None, float,
+      "TRAIN,VALID,TEST fractions of the (super)classes.")
   flags.DEFINE_integer("seed", 0, "Seed of the random split.")
   flags.DEFINE_integer("max_images_per_class", None,
-                       "Keep at most this many images per class.")
+                       "Keep at most this many images per class.",
+                       lower_bound=writer.MIN_IMAGES_PER_CLASS)
   flags.DEFINE_bool("overwrite", False, "Replace an existing source.")
   flags.mark_flag_as_required("builder")
   flags.mark_flag_as_required("records_root_dir")
@@ -283,4 +287,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -478,35 +478,46 @@ def load_dataset_spec(records_root_dir: str, source: str) -> AnySpec:
 
   Raises:
     DataError: the root or source directory does not exist (the message lists
-      the sources found), the JSON file is missing, is not valid JSON, or does
-      not describe a valid spec.
+      the sources found) or is a file, the JSON file is missing, is not valid
+      JSON, or does not describe a valid spec.
   """
+  if not os.path.exists(records_root_dir):
+    raise DataError(f"records_root_dir {records_root_dir!r} does not exist: "
+                    "give the folder that holds one sub-folder per source.")
   if not os.path.isdir(records_root_dir):
-    raise DataError(f"records_root_dir {records_root_dir!r} is not a "
-                    "directory.")
+    raise DataError(f"records_root_dir {records_root_dir!r} is a file, not a "
+                    "folder: give the folder that holds one sub-folder per "
+                    "source.")
   source_dir = os.path.join(records_root_dir, source)
+  if os.path.exists(source_dir) and not os.path.isdir(source_dir):
+    raise DataError(f"Source {source!r}: {source_dir!r} is a file, not the "
+                    "folder of a converted source.")
   if not os.path.isdir(source_dir):
     available = sorted(
-        d for d in os.listdir(records_root_dir)
-        if os.path.isfile(os.path.join(records_root_dir, d, SPEC_FILENAME)))
+        d for d in os.listdir(records_root_dir) if not d.startswith(".") and
+        os.path.isfile(os.path.join(records_root_dir, d, SPEC_FILENAME)))
     raise DataError(f"Unknown source {source!r}: no directory {source_dir!r}. "
                     f"Sources found under {records_root_dir!r}: {available}.")
   json_path = os.path.join(source_dir, SPEC_FILENAME)
   if not os.path.isfile(json_path):
     raise DataError(f"Missing dataset spec {json_path!r} for source "
-                    f"{source!r}.")
+                    f"{source!r}: convert the source again.")
+  redo = "fix it or convert the source again"
   try:
     with open(json_path, encoding="utf-8") as f:
       dct = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise DataError(f"Malformed dataset spec {json_path!r}: {e}") from None
+    raise DataError(f"Malformed dataset spec {json_path!r}: {e}; {redo}.") \
+        from None
   if not isinstance(dct, dict):
     raise DataError(f"Malformed dataset spec {json_path!r}: expected a JSON "
-                    "object.")
+                    f"object; {redo}.")
   try:
     return spec_from_dict(dct, path=source_dir)
-  except DataError as e:
-    raise DataError(f"Invalid dataset spec {json_path!r}: {e}") from None
+  except (DataError, TypeError, ValueError, AttributeError) as e:
+    # A value of the wrong JSON type fails inside the spec classes.
+    raise DataError(f"Invalid dataset spec {json_path!r}: "
+                    f"{str(e).rstrip('.')}; {redo}.") from None
 
 
 def to_json(spec: AnySpec) -> str:

@@ -18,13 +18,33 @@ SourceLayout.flat(name, classes)          classes: {Split: [class name, ...]}
 SourceLayout.bilevel(name, superclasses)  superclasses:
                                           {Split: [(superclass, [class, ...])]}
     Assigns the class ids; `layout.class_names` lists names in id order.
-assign_splits(items, fractions=(0.7, 0.15, 0.15), seed=0) -> {Split: [items]}
-    A seeded random split of `items`, each split keeping the input order.
+    `layout.small_splits()` says which splits no episode can be drawn from.
+assign_splits(items, fractions=(0.7, 0.15, 0.15), seed=0, counts=None)
+    -> {Split: [items]}
+    A seeded random split of `items` (by fractions, or exact counts), each
+    split keeping the input order.
 write_source(records_root_dir, layout, examples, overwrite=False,
              max_open_files=512, extra_files=None) -> spec
     Writes `examples` (an iterable of (class_id, encoded image bytes)) and the
     spec atomically: everything goes to a hidden staging directory that is
     renamed into place only when the whole source has been written.
+check_source_name(name) -> name     a single folder name, else DataError
+make_records_root(records_root_dir)  creates it; DataError if it is a file
+warn_small_splits(layout, advice)    one warning line for small_splits()
+work_dir(records_root_dir, name, kind)
+    A context manager: a hidden scratch folder of the source in the records
+    root, removed on exit.
+remove_stale_work_dirs(records_root_dir, name)
+    Removes the hidden folders that a killed conversion of the source left.
+
+Safety: a source name is one folder name, and nothing outside
+`<records_root_dir>/` is ever written or removed. The hidden folders of a
+conversion are named `.<name>.<kind>-<host>-<pid>-<random>`; the next
+conversion of the source on that host removes those whose process is gone,
+never those of a conversion still running (an `.old` folder holding the
+previous source is put back first if the source itself is missing). Folders
+and files are created with the process's umask (0755 and 0644 under umask
+022), as any other file.
 ClassRecordsWriter(directory, max_open_files=512)
     Appends examples to per-class files in any class order with a bounded
     number of open files (what `write_source` uses).
@@ -39,8 +59,10 @@ import contextlib
 import dataclasses
 import io
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from typing import (Dict, Iterable, Iterator, List, Mapping, Optional,
                     Sequence, Tuple, TypeVar)
 
@@ -48,10 +70,13 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from meta_dataset_ext import errors
 from meta_dataset_ext.data import spec as spec_lib
 from meta_dataset_ext.data.spec import DataError, Split
 
 MIN_IMAGES_PER_CLASS = 2  # Upstream's samplers need a support and a query.
+MIN_WAYS = 5  # The smallest way of upstream's episodes (min_ways).
+WORK_DIR_KINDS = ("tmp", "old", "scratch")
 _KEPT_FORMATS = ("PNG", "JPEG")  # Stored as they are; others become PNG.
 
 T = TypeVar("T")
@@ -104,23 +129,12 @@ def checked_image_bytes(data: bytes, origin: str) -> bytes:
   return buffer.getvalue()
 
 
-def assign_splits(items: Sequence[T],
-                  fractions: Sequence[float] = (0.7, 0.15, 0.15),
-                  seed: int = 0) -> Dict[Split, List[T]]:
-  """Randomly assigns `items` to TRAIN / VALID / TEST, seeded.
-
-  VALID and TEST get round(fraction * n) items (at least one each when their
-  fraction is positive), TRAIN the rest; every split keeps the input order.
-
-  Raises:
-    ValueError: bad fractions, or too few items to give every split with a
-      positive fraction at least one.
-  """
+def _split_sizes(n: int, fractions: Sequence[float]) -> List[int]:
+  """TRAIN, VALID, TEST sizes of `n` items split by `fractions`."""
   if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(
       sum(fractions), 1.0):
     raise ValueError(f"Split fractions {tuple(fractions)} must be three "
                      "non-negative numbers summing to 1.")
-  n = len(items)
   needed = sum(1 for f in fractions if f > 0)
   if n < needed:
     raise ValueError(f"Cannot split {n} items into {needed} non-empty splits "
@@ -131,6 +145,33 @@ def assign_splits(items: Sequence[T],
   if fractions[0] > 0 and sizes[0] < 1:
     raise ValueError(f"Fractions {tuple(fractions)} leave no TRAIN item out "
                      f"of {n}.")
+  return sizes
+
+
+def assign_splits(items: Sequence[T],
+                  fractions: Sequence[float] = (0.7, 0.15, 0.15),
+                  seed: int = 0,
+                  counts: Optional[Sequence[int]] = None
+                  ) -> Dict[Split, List[T]]:
+  """Randomly assigns `items` to TRAIN / VALID / TEST, seeded.
+
+  With `counts` (TRAIN, VALID, TEST), exactly that many items go to each
+  split. Otherwise VALID and TEST get round(fraction * n) items (at least one
+  each when their fraction is positive), TRAIN the rest. Every split keeps
+  the input order.
+
+  Raises:
+    ValueError: bad fractions or counts, or too few items to give every split
+      with a positive fraction at least one.
+  """
+  n = len(items)
+  if counts is not None:
+    if len(counts) != 3 or min(counts) < 0 or sum(counts) != n:
+      raise ValueError(f"split counts {tuple(counts)} must be three "
+                       f"non-negative numbers summing to the {n} items.")
+    sizes = list(counts)
+  else:
+    sizes = _split_sizes(n, fractions)
   order = np.random.default_rng(seed).permutation(n)
   splits, start = {}, 0
   for split, size in zip(Split, sizes):
@@ -186,6 +227,23 @@ class SourceLayout:
         {s: sum(len(m) for _, m in superclasses.get(s, [])) for s in Split},
         {s: tuple((g, len(m)) for g, m in superclasses.get(s, []))
          for s in Split})
+
+  def small_splits(self, min_ways: int = MIN_WAYS) -> List[str]:
+    """The non-empty splits no episode of `min_ways` classes can come from.
+
+    A flat split needs `min_ways` classes, a bi-level one (whose episodes take
+    their classes from one superclass) superclasses of `min_ways` classes.
+    Returns descriptions such as "VALID has 2 classes".
+    """
+    problems = []
+    for split in Split:
+      if self.superclasses is None:
+        small = [("", self.classes_per_split[split])]
+      else:
+        small = [(f" superclass {g!r}", n) for g, n in self.superclasses[split]]
+      problems += [f"{split.name}{group} has {n} classes" for group, n in small
+                   if 0 < n < min_ways]
+    return problems
 
   def make_spec(self, path: str, images_per_class: Mapping[int, int]
                 ) -> spec_lib.AnySpec:
@@ -272,38 +330,132 @@ class ClassRecordsWriter:
     return dict(self.counts)
 
 
-@contextlib.contextmanager
-def _staging_dir(final_dir: str, overwrite: bool) -> Iterator[str]:
-  """Yields a hidden sibling directory that replaces `final_dir` on success.
+def check_source_name(name: str) -> str:
+  """Returns `name` if it is one folder name (a source's, in the records root).
 
-  On any exception the staging directory is removed and `final_dir` is left
-  as it was.
+  Raises:
+    DataError: `name` is empty, starts with '.' (hidden: '.', '..' and the
+      conversions' own work folders) or holds a path separator.
   """
-  if os.path.exists(final_dir) and not overwrite:
-    raise DataError(f"Output directory {final_dir!r} already exists; remove "
-                    "it or ask to overwrite.")
-  parent, base = os.path.split(final_dir)
-  os.makedirs(parent or ".", exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent or ".")
+  separators = [os.sep] + ([os.altsep] if os.altsep else [])
+  if (not isinstance(name, str) or not name or name.startswith(".") or
+      any(sep in name for sep in separators) or "\0" in name):
+    raise DataError(f"Source name {name!r} must be one folder name: not "
+                    "empty, not starting with '.', without '/'. The source is "
+                    "written to <records_root_dir>/<name>.")
+  return name
+
+
+def make_records_root(records_root_dir: str) -> None:
+  """Creates the records root if needed; DataError if it is a file."""
+  if os.path.exists(records_root_dir) and not os.path.isdir(records_root_dir):
+    raise DataError(f"records_root_dir {records_root_dir!r} is a file, not a "
+                    "folder: give the folder that holds (or will hold) one "
+                    "sub-folder per source.")
+  os.makedirs(records_root_dir, exist_ok=True)
+
+
+def warn_small_splits(layout: SourceLayout, advice: str) -> None:
+  """One warning line if some split of `layout` can draw no episodes."""
+  small = layout.small_splits()
+  if small:
+    errors.warn(f"source {layout.name!r}: {'; '.join(small)}, fewer than the "
+                f"{MIN_WAYS} an episode needs, so no episodes can be drawn "
+                f"from there: {advice}.")
+
+
+def _work_dir_pattern(name: str) -> "re.Pattern":
+  kinds = "|".join(WORK_DIR_KINDS)
+  return re.compile(rf"^\.{re.escape(name)}\.({kinds})-(.+)-(\d+)-[0-9a-f]+$")
+
+
+def _process_gone(host: str, pid: int) -> bool:
+  """Whether process `pid` of `host` has ended (False when it cannot tell)."""
+  if host != socket.gethostname() or pid == os.getpid():
+    return False
   try:
-    yield staging
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-  old = None
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:  # Alive, another user's.
+    return False
+  return False
+
+
+def remove_stale_work_dirs(records_root_dir: str, name: str) -> None:
+  """Removes the work folders of source `name` whose conversion has ended.
+
+  A conversion killed midway (kill -9, a crash, a power cut) leaves its
+  hidden folders behind; only those of processes of this host that are gone
+  are removed. If the source folder is missing and such an `.old` folder
+  holds it (a kill between the two renames of a replacement), it is put
+  back first.
+  """
+  pattern = _work_dir_pattern(check_source_name(name))
+  final_dir = os.path.join(records_root_dir, name)
+  for entry in sorted(os.listdir(records_root_dir)):
+    match = pattern.match(entry)
+    if not match or not _process_gone(match.group(2), int(match.group(3))):
+      continue
+    path = os.path.join(records_root_dir, entry)
+    kept = os.path.join(path, name)
+    if (match.group(1) == "old" and os.path.isdir(kept) and
+        not os.path.lexists(final_dir)):
+      os.rename(kept, final_dir)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def work_dir(records_root_dir: str, name: str, kind: str) -> Iterator[str]:
+  """Yields a new hidden folder of source `name` in the records root.
+
+  The folder, `.<name>.<kind>-<host>-<pid>-<random>` (kind: one of
+  WORK_DIR_KINDS), is removed on exit if it is still there.
+  """
+  assert kind in WORK_DIR_KINDS, kind
+  path = os.path.join(
+      records_root_dir, f".{check_source_name(name)}.{kind}-"
+      f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+  os.mkdir(path)  # Mode 0777 less the umask, as the files written in it.
   try:
-    if os.path.exists(final_dir):
-      old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent or ".")
-      os.rename(final_dir, os.path.join(old, base))
-    os.rename(staging, final_dir)
-  except OSError:
-    if old is not None and not os.path.exists(final_dir):
-      os.rename(os.path.join(old, base), final_dir)  # Put the old one back.
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
+    yield path
   finally:
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _staging_dir(records_root_dir: str, name: str,
+                 overwrite: bool) -> Iterator[str]:
+  """Yields a staging folder that replaces `<records_root_dir>/<name>` on
+  success.
+
+  On any exception the staging folder is removed and the source is left as
+  it was.
+  """
+  final_dir = os.path.join(records_root_dir, check_source_name(name))
+  make_records_root(records_root_dir)
+  remove_stale_work_dirs(records_root_dir, name)
+
+  def check_absent():
+    if os.path.lexists(final_dir) and not overwrite:
+      raise DataError(f"Output directory {final_dir!r} already exists; remove "
+                      "it, or overwrite it (--overwrite).")
+
+  check_absent()
+  with work_dir(records_root_dir, name, "tmp") as staging:
+    yield staging
+    check_absent()  # Another conversion may have finished meanwhile.
+    if not os.path.lexists(final_dir):
+      os.rename(staging, final_dir)
+      return
+    with work_dir(records_root_dir, name, "old") as old:
+      os.rename(final_dir, os.path.join(old, name))
+      try:
+        os.rename(staging, final_dir)
+      except OSError:
+        os.rename(os.path.join(old, name), final_dir)  # Put the old one back.
+        raise
 
 
 def write_source(records_root_dir: str, layout: SourceLayout,
@@ -327,13 +479,14 @@ def write_source(records_root_dir: str, layout: SourceLayout,
   Returns:
     The spec written (its `path` is the final source directory).
   Raises:
-    DataError: the source exists and `overwrite` is False, a class id is out
-      of range, or a class has fewer than 2 images (named in the message).
+    DataError: the source name is not one folder name, the records root is a
+      file, the source exists and `overwrite` is False, a class id is out of
+      range, or a class has fewer than 2 images (named in the message).
       Nothing is left on disk in that case.
   """
   final_dir = os.path.join(records_root_dir, layout.name)
   num_classes = len(layout.class_names)
-  with _staging_dir(final_dir, overwrite) as staging:
+  with _staging_dir(records_root_dir, layout.name, overwrite) as staging:
     writer = ClassRecordsWriter(staging, max_open_files)
     try:
       for class_id, image_bytes in examples:

@@ -139,10 +139,42 @@ def test_command_line(tmp_path):
   with open(splits_file, "w") as f:
     json.dump({"train": ["cat", "dog", "emu"], "valid": ["fox"],
                "test": ["gnu"]}, f)
-  stdout = run_module(
+  stdout = run_module(  # --records_root: upstream's spelling.
       "meta_dataset_ext.data.convert_folder", f"--source_dir={src}",
-      f"--records_root_dir={tmp_path / 'r'}", "--name=animals",
+      f"--records_root={tmp_path / 'r'}", "--name=animals",
       f"--splits_file={splits_file}")
   assert "'TRAIN': 3" in stdout
   spec = spec_lib.load_dataset_spec(str(tmp_path / "r"), "animals")
   assert spec.class_names[3] == "fox"
+
+
+def test_small_splits_are_warned_about_and_split_counts(tmp_path, capsys):
+  src = str(tmp_path / "src")
+  classes = [f"c{i:02d}" for i in range(12)]
+  _flat_tree(src, classes=classes, per_class=2)
+  records = str(tmp_path / "records")
+  spec = cf.convert_folder(src, records, "twelve")
+  assert [len(spec.get_classes(s)) for s in Split] == [8, 2, 2]
+  warning = capsys.readouterr().err.strip()
+  assert warning.count("\n") == 0 and warning.startswith("warning: ")
+  assert ("source 'twelve': VALID has 2 classes; TEST has 2 classes, fewer "
+          "than the 5 an episode needs") in warning
+  assert "--split_counts" in warning
+  spec = cf.convert_folder(src, records, "twelve", split_counts=(7, 5, 0),
+                           overwrite=True)
+  assert [len(spec.get_classes(s)) for s in Split] == [7, 5, 0]
+  assert capsys.readouterr().err == ""
+  with pytest.raises(DataError, match=r"Cannot split the 12 classes: split "
+                     r"counts \(8, 2, 1\)"):
+    cf.convert_folder(src, records, "other", split_counts=(8, 2, 1))
+
+
+def test_source_name_is_checked_before_anything_is_read(tmp_path):
+  with pytest.raises(DataError, match="'../up' must be one folder name"):
+    cf.convert_folder(str(tmp_path / "nowhere"), str(tmp_path), "../up")
+
+
+def test_source_dir_that_is_a_file(tmp_path):
+  (tmp_path / "src").write_text("x")
+  with pytest.raises(DataError, match="src' is a file"):
+    cf.convert_folder(str(tmp_path / "src"), str(tmp_path / "r"), "x")

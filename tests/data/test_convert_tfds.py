@@ -118,3 +118,9 @@ def test_reading_stops_once_every_class_is_full(tmp_path):
                            max_images_per_class=2)
   assert [len(spec.get_classes(s)) for s in Split] == [241, 52, 52]
   assert set(spec.images_per_class.values()) == {2}
+
+
+def test_source_name_must_be_one_folder_name(tmp_path):
+  with pytest.raises(DataError, match="'../x' must be one folder name"):
+    ct.convert_tfds("dtd", str(tmp_path / "records"), name="../x")
+  assert os.listdir(str(tmp_path)) == []

@@ -120,8 +120,24 @@ def test_unknown_source_lists_available(tmp_path):
 
 
 def test_missing_root(tmp_path):
-  with pytest.raises(DataError, match="records_root_dir"):
+  with pytest.raises(DataError, match="records_root_dir .* does not exist"):
     spec_lib.load_dataset_spec(str(tmp_path / "absent"), "dtd")
+
+
+def test_root_or_source_that_is_a_file(tmp_path):
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(DataError, match=r"records_root_dir .*file' is a file"):
+    spec_lib.load_dataset_spec(str(tmp_path / "file"), "dtd")
+  (tmp_path / "dtd").write_text("x")
+  with pytest.raises(DataError, match=r"Source 'dtd': .*dtd' is a file"):
+    spec_lib.load_dataset_spec(str(tmp_path), "dtd")
+
+
+def test_work_folders_are_not_listed_as_sources(tmp_path):
+  (tmp_path / ".dtd.tmp-host-1-ab").mkdir()
+  spec_lib.write_dataset_spec(_flat(), str(tmp_path / ".dtd.tmp-host-1-ab"))
+  with pytest.raises(DataError, match=r"Sources found under .*: \[\]"):
+    spec_lib.load_dataset_spec(str(tmp_path), "dtd")
 
 
 def test_missing_spec_file(tmp_path):
@@ -136,6 +152,9 @@ def test_missing_spec_file(tmp_path):
     ('{"__class__": "Other", "name": "x", "class_names": {}, "path": "",'
      ' "file_pattern": "{}.tfrecords"}', "Unknown spec __class__"),
     ('{"__class__": "DatasetSpecification", "name": "x"}', "missing key"),
+    ('{"__class__": "DatasetSpecification", "name": "x", "class_names": {},'
+     ' "path": "", "file_pattern": "{}.tfrecords", "images_per_class": {},'
+     ' "classes_per_split": [5, 0, 0]}', "Invalid dataset spec"),
 ])
 def test_malformed_spec_names_the_file(tmp_path, text, match):
   (tmp_path / "x").mkdir()

@@ -6,6 +6,7 @@
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -203,3 +204,102 @@ def test_assign_splits():
     writer.assign_splits(items, (0.5, 0.5, 0.5))
   with pytest.raises(ValueError, match="Cannot split 2"):
     writer.assign_splits(items[:2], (0.5, 0.25, 0.25))
+
+
+def test_assign_splits_by_counts():
+  items = [f"c{i}" for i in range(12)]
+  splits = writer.assign_splits(items, seed=1, counts=(8, 2, 2))
+  assert [len(splits[s]) for s in Split] == [8, 2, 2]
+  assert sorted(sum(splits.values(), [])) == sorted(items)
+  with pytest.raises(ValueError, match=r"split counts \(8, 2, 1\) .* 12 items"):
+    writer.assign_splits(items, counts=(8, 2, 1))
+
+
+def test_small_splits():
+  flat = writer.SourceLayout.flat("toy", {Split.TRAIN: list("abcdefgh"),
+                                          Split.VALID: ["i", "j"],
+                                          Split.TEST: []})
+  assert flat.small_splits() == ["VALID has 2 classes"]
+  bilevel = writer.SourceLayout.bilevel("bi", {
+      Split.TRAIN: [("Latin", list("abcde")), ("Runic", list("pq"))],
+      Split.TEST: [("Greek", list("vwxyz"))]})
+  assert bilevel.small_splits() == ["TRAIN superclass 'Runic' has 2 classes"]
+
+
+@pytest.mark.parametrize("name", ["../victim", "..", ".", "", "a/b",
+                                  ".hidden", "/abs"])
+def test_source_name_must_be_one_folder_name(tmp_path, name):
+  root = tmp_path / "records"
+  victim = tmp_path / "victim"
+  victim.mkdir()
+  (victim / "keep.txt").write_text("mine")
+  layout = writer.SourceLayout(name, ("a",), {Split.TRAIN: 1, Split.VALID: 0,
+                                              Split.TEST: 0})
+  with pytest.raises(DataError, match="must be one folder name"):
+    writer.write_source(str(root), layout, [(0, _png(1)), (0, _png(2))],
+                        overwrite=True)
+  assert sorted(os.listdir(str(tmp_path))) == ["victim"]
+  assert (victim / "keep.txt").read_text() == "mine"
+
+
+def test_records_root_that_is_a_file(tmp_path):
+  root = tmp_path / "records"
+  root.write_text("not a folder")
+  layout = writer.SourceLayout.flat("toy", {Split.TRAIN: ["a"]})
+  with pytest.raises(DataError, match=r"records_root_dir .*records' is a file"):
+    writer.write_source(str(root), layout, [(0, _png(1)), (0, _png(2))])
+  assert root.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("umask,folder,file", [(0o022, 0o755, 0o644),
+                                               (0o027, 0o750, 0o640)])
+def test_written_source_follows_the_umask(tmp_path, umask, folder, file):
+  layout = writer.SourceLayout.flat("toy", {Split.TRAIN: ["a"]})
+  previous = os.umask(umask)
+  try:
+    spec = writer.write_source(str(tmp_path), layout,
+                               [(0, _png(1)), (0, _png(2))],
+                               extra_files={"notes.txt": "x"})
+  finally:
+    os.umask(previous)
+  assert os.stat(spec.path).st_mode & 0o777 == folder
+  for name in os.listdir(spec.path):
+    assert os.stat(os.path.join(spec.path, name)).st_mode & 0o777 == file, name
+
+
+def _ended_pid():
+  child = subprocess.run(
+      [sys.executable, "-c", "import os; print(os.getpid())"],
+      capture_output=True, text=True, check=True)
+  return int(child.stdout)
+
+
+def test_work_folders_of_ended_conversions_are_removed(tmp_path):
+  host = socket.gethostname()
+  layout = writer.SourceLayout.flat("toy", {Split.TRAIN: ["a"]})
+  ended, running = _ended_pid(), os.getpid()
+  names = {"ended": f".toy.tmp-{host}-{ended}-0a1b",
+           "ended_scratch": f".toy.scratch-{host}-{ended}-0a1c",
+           "running": f".toy.tmp-{host}-{running}-0a1d",
+           "elsewhere": f".toy.tmp-{host}x-{ended}-0a1e",
+           "other_source": f".other.tmp-{host}-{ended}-0a1f"}
+  for name in names.values():
+    os.makedirs(os.path.join(str(tmp_path), name, "partial"))
+  writer.write_source(str(tmp_path), layout, [(0, _png(1)), (0, _png(2))])
+  assert sorted(os.listdir(str(tmp_path))) == sorted(
+      ["toy", names["running"], names["elsewhere"], names["other_source"]])
+
+
+def test_source_moved_aside_by_a_killed_replacement_is_put_back(tmp_path):
+  layout = writer.SourceLayout.flat("toy", {Split.TRAIN: ["a"]})
+  writer.write_source(str(tmp_path), layout, [(0, _png(1)), (0, _png(2))])
+  # Killed between the two renames: the old source is in its .old folder.
+  old = os.path.join(str(tmp_path),
+                     f".toy.old-{socket.gethostname()}-{_ended_pid()}-0a1b")
+  os.mkdir(old)
+  os.rename(os.path.join(str(tmp_path), "toy"), os.path.join(old, "toy"))
+  with pytest.raises(DataError, match="already exists"):
+    writer.write_source(str(tmp_path), layout, [(0, _png(8)), (0, _png(9))])
+  assert sorted(os.listdir(str(tmp_path))) == ["toy"]
+  _, records = read_source(os.path.join(str(tmp_path), "toy"))
+  assert [int(im[0, 0, 0]) for im, _, _ in records[0]] == [1, 2]
