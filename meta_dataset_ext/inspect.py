@@ -7,18 +7,22 @@
 Prints one JSON line with the source's split sizes, then one JSON line per
 episode: its way, class ids and names, shots and queries per class. These are
 the episodes `make_episode_dataset` yields with the same seed and gin
-configuration. With --save_png, draws the first episode as a contact sheet:
-one row per class, support images above and query images below.
+configuration (a --gin_config is a file, or one of the shipped configs by
+name). With --save_png, draws the first episode as a contact sheet: one row
+per class, support images above and query images below, each row labelled.
+Bad records, flags or bindings end it with one line on stderr (exit status 2;
+--verbose for the traceback).
 """
 
 import json
 from typing import Dict, Optional
 
-from absl import app
 from absl import flags
-import gin
 import numpy as np
+import tensorflow as tf
 
+from meta_dataset_ext import cli
+from meta_dataset_ext import gin_setup
 from meta_dataset_ext.data import pipeline
 from meta_dataset_ext.data import sampler as sampler_lib
 from meta_dataset_ext.data import spec as spec_lib
@@ -26,12 +30,14 @@ from meta_dataset_ext.data import spec as spec_lib
 FLAGS = flags.FLAGS
 flags.DEFINE_string("records_root_dir", None, "Directory of converted sources.")
 flags.DEFINE_string("source", None, "Source name, e.g. omniglot.")
-flags.DEFINE_string("split", "TRAIN", "TRAIN, VALID or TEST.")
-flags.DEFINE_integer("num_episodes", 5, "Episodes to describe.")
+flags.DEFINE_enum("split", "TRAIN", [s.name for s in spec_lib.Split],
+                  "TRAIN, VALID or TEST.", case_sensitive=False)
+flags.DEFINE_integer("num_episodes", 5, "Episodes to describe.", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Episode seed.")
 flags.DEFINE_string("save_png", None, "Write a contact sheet of episode 0.")
 flags.DEFINE_integer("max_images_per_row", 10,
-                     "Contact sheet: images shown per class and set.")
+                     "Contact sheet: images shown per class and set.",
+                     lower_bound=1)
 flags.DEFINE_multi_string("gin_config", [], "Gin files.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings.")
 
@@ -91,10 +97,10 @@ def save_contact_sheet(episode: Dict[str, np.ndarray], spec, description,
   band = np.full((3 * _GAP, support.shape[1], 3), 0, np.uint8)
   sheet = np.concatenate([support, band, query])
   row = episode["support_images"].shape[1] + _GAP
-  dpi, text_width = 100, 320  # Pixels left of the images for the labels.
-  width = sheet.shape[1] + text_width
-  fig = plt.figure(figsize=(width / dpi, sheet.shape[0] / dpi), dpi=dpi)
-  ax = fig.add_axes([text_width / width, 0.0, sheet.shape[1] / width, 1.0])
+  dpi = 100  # One sheet pixel per image pixel; the labels go left of it.
+  fig = plt.figure(figsize=(sheet.shape[1] / dpi, sheet.shape[0] / dpi),
+                   dpi=dpi)
+  ax = fig.add_axes([0.0, 0.0, 1.0, 1.0])
   ax.imshow(sheet, interpolation="nearest")
   ax.set_axis_off()
   font = max(4.0, min(9.0, row * 0.45))
@@ -107,7 +113,7 @@ def save_contact_sheet(episode: Dict[str, np.ndarray], spec, description,
               f"{part} {label}: class {class_id} "
               f"{spec.class_names[class_id]!s:.24} ({count})",
               ha="right", va="center", fontsize=font)
-  fig.savefig(path, dpi=dpi)
+  fig.savefig(path, dpi=dpi, bbox_inches="tight")  # Grown to hold the labels.
   plt.close(fig)
 
 
@@ -126,7 +132,13 @@ def run(records_root_dir: str, source: str, split: str, num_episodes: int,
     first = first or description
     print(json.dumps(describe(spec, index, description)))
   if save_png:
-    episode = next(iter(stream.dataset()))
+    try:
+      episode = next(iter(stream.dataset()))
+    except tf.errors.OpError as error:  # One line: the record at fault.
+      cause = pipeline.user_error(error)
+      if cause is None:
+        raise
+      raise cause from error
     save_contact_sheet({k: v.numpy() for k, v in episode.items()}, spec,
                        first or next(stream.descriptions()), save_png,
                        columns)
@@ -134,11 +146,11 @@ def run(records_root_dir: str, source: str, split: str, num_episodes: int,
 
 def main(argv):
   del argv
-  gin.parse_config_files_and_bindings(FLAGS.gin_config, FLAGS.gin_bindings)
+  gin_setup.parse(FLAGS.gin_config, FLAGS.gin_bindings)
   run(FLAGS.records_root_dir, FLAGS.source, FLAGS.split, FLAGS.num_episodes,
       FLAGS.seed, FLAGS.save_png, FLAGS.max_images_per_row)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["records_root_dir", "source"])
-  app.run(main)
+  cli.run(main)

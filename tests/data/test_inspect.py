@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import gin
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -48,6 +50,28 @@ def test_prints_split_sizes_then_the_pipelines_episodes(root, tmp_path,
   assert len(lines) == 5
   with Image.open(png) as image:
     assert image.size[0] > 320 and image.size[1] > 84
+
+
+def test_contact_sheet_labels_are_not_clipped(tmp_path, capsys):
+  root = str(tmp_path / "records")
+  spec = records_util.make_flat_source(root, "long", (5, 0, 0), [4] * 5,
+                                       size=28)
+  spec.class_names = {i: f"U+221{i} PROPORTIONAL TO SOMETHING" for i in
+                      range(5)}
+  spec_lib.write_dataset_spec(spec, spec.path)
+  png = str(tmp_path / "sheet.png")
+  try:
+    gin.parse_config("DataConfig.image_height = 28")
+    inspect_lib.run(root, "long", "TRAIN", 1, seed=0, save_png=png)
+  finally:
+    gin.clear_config()
+  capsys.readouterr()
+  with Image.open(png) as image:
+    pixels = np.asarray(image.convert("L"))
+  # Ink only inside a white margin: no label runs off an edge.
+  for edge in (pixels[:, :3], pixels[:, -3:], pixels[:3], pixels[-3:]):
+    assert edge.min() == 255
+  assert (pixels[:, :pixels.shape[1] // 2] < 128).any()  # The labels.
 
 
 def test_unknown_source(root):
