@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from alfa_tf import backbones as backbones_lib
 from alfa_tf import inner_loop
+from alfa_tf import keras_backbone
 from alfa_tf import update_rules
 from alfa_tf import weights
 
@@ -46,6 +47,69 @@ class EpisodeOutput(NamedTuple):
   query_logits: tf.Tensor
   query_loss: Optional[tf.Tensor]
   adaptation: inner_loop.Adaptation
+
+
+class AdaptedTask:
+  """One task after the inner loop (``GradientLearner.adapt``); call it on query images.
+
+  ``task(images)``: logits (or regression outputs) [n, num_classes] at theta_{i,S};
+  ``task.loss(images, labels)``: their mean loss (the learner's); both check their inputs as
+  the learner does, and the query BatchNorm follows the learner's ``query_bn``.
+
+  Attributes:
+    params: theta_{i,S}, the adapted tensors by name (a Keras backbone's variable names,
+      'head.w' and 'head.b').
+    losses: the support loss before each inner step.
+    alpha, beta: the rates the rule applied, ``{name: [steps] tensor}`` per adapted tensor
+      (ALFA: alpha0 * alpha_hat and beta0 * beta_hat, Eq. 4-7 as the authors implemented them;
+      learned per-step rates: alpha); empty for rules without them (MAML's fixed SGD).
+    adaptation: the inner loop's full ``inner_loop.Adaptation`` (trajectory, gradients,
+      support logits, every diagnostic of the rule).
+  """
+
+  def __init__(self, learner: 'GradientLearner', adaptation: inner_loop.Adaptation,
+               final_params, moments, way):
+    self.learner, self.adaptation, self.way = learner, adaptation, way
+    self._final, self._moments = final_params, moments
+
+  @property
+  def params(self):
+    return self.adaptation.params
+
+  @property
+  def losses(self) -> List[tf.Tensor]:
+    return self.adaptation.losses
+
+  def per_tensor(self, symbol: str) -> 'collections.OrderedDict[str, tf.Tensor]':
+    """``{name: [steps]}`` of the rule's per-tensor diagnostic ``symbol`` ('alpha', 'beta',
+    'alpha_hat', 'beta_hat'); empty if the rule does not report it."""
+    steps = self.adaptation.diagnostics
+    if not steps or symbol not in steps[0]:
+      return collections.OrderedDict()
+    values = tf.stack([d[symbol] for d in steps], axis=1)  # [tensors, steps]
+    return collections.OrderedDict(zip(self.learner.update_rule.param_names,
+                                       tf.unstack(values)))
+
+  @property
+  def alpha(self):
+    return self.per_tensor('alpha')
+
+  @property
+  def beta(self):
+    return self.per_tensor('beta')
+
+  def logits_and_loss(self, images, labels=None):
+    """(outputs at theta_{i,S}, their mean loss or None without ``labels``)."""
+    learner = self.learner
+    images, labels = learner._check_set('query', images, labels, self.way)  # pylint: disable=protected-access
+    logits, _ = learner._outputs(self._final, images, self._moments, self.way)  # pylint: disable=protected-access
+    return logits, None if labels is None else learner.loss_fn(logits, labels)
+
+  def __call__(self, images):
+    return self.logits_and_loss(images)[0]
+
+  def loss(self, images, labels):
+    return self.logits_and_loss(images, labels)[1]
 
 
 class GradientLearner(tf.keras.Model):
@@ -118,6 +182,18 @@ class GradientLearner(tf.keras.Model):
     self.inner_loss_scale = float(inner_loss_scale)
 
     rng = np.random.default_rng(seed)
+    model_variables = {}  # theta_0 that a Keras backbone holds: its model's variables
+    if isinstance(backbone, keras_backbone.KerasBackbone):
+      if self.backbone_dtype != self.dtype:
+        raise ValueError(
+            f'backbone_dtype={self.backbone_dtype!r} does not apply to a KerasBackbone: give '
+            f'the model a mixed-precision dtype policy instead (keras.mixed_precision.'
+            f'set_dtype_policy("mixed_{self.backbone_dtype}") before building it).')
+      model_variables = backbone.build(self.example_shape, self.dtype)
+      self.keras_model = backbone.model  # Tracked: checkpoints hold all of the model's state.
+      if not learn_init:  # ALFA + Random init: the model's initial values stay as they are.
+        for variable in model_variables.values():
+          variable.trainable = False
     specs = backbone.param_specs()
     if head == 'linear':
       dim = backbone.output_dim(self.example_shape)
@@ -126,8 +202,8 @@ class GradientLearner(tf.keras.Model):
       specs['head.b'] = backbones_lib.ParamSpec((num_classes,), 'zeros')
     self.theta0 = weights.ParameterSet(
         collections.OrderedDict((name, backbones_lib.initial_value(spec, rng))
-                                for name, spec in specs.items()),
-        trainable=learn_init, dtype=dtype, name='theta0')
+                                for name, spec in specs.items() if name not in model_variables),
+        trainable=learn_init, variables=model_variables, dtype=dtype, name='theta0')
     self.adapted_names = [name for name, spec in specs.items() if spec.adapted]
     self.fixed_names = [name for name, spec in specs.items() if not spec.adapted]
     shapes = collections.OrderedDict((name, specs[name].shape) for name in self.adapted_names)
@@ -252,17 +328,26 @@ class GradientLearner(tf.keras.Model):
 
   # ----- episodes ---------------------------------------------------------------------------
 
-  def forward_episode(self, support_images, support_labels, query_images,
-                      query_labels=None, way=None, training: bool = True) -> EpisodeOutput:
-    """Adapts to the support set (S inner steps) and returns the query outputs.
+  def adapt(self, support_images, support_labels, num_steps: Optional[int] = None,
+            way=None) -> 'AdaptedTask':
+    """The stepwise API: adapts to one task's support set and returns the ``AdaptedTask``.
+
+    theta_{i,0} = theta_0 (with the Proto-MAML head: plus the head from the support
+    prototypes), then ``num_steps`` inner steps on the support loss (default: the training
+    S, ``num_steps``). Call the task on query images for their logits; under the caller's
+    ``tf.GradientTape`` the query loss differentiates into every meta-parameter (the outer
+    step, Algorithm 1 line 10)::
+
+        with tf.GradientTape() as tape:
+          task = learner.adapt(support_images, support_labels)
+          loss = task.loss(query_images, query_labels)
+        grads = tape.gradient(loss, learner.trainable_variables)
 
     Images [n, *input_shape]; labels [n] (class indices 0 .. way - 1, or regression targets);
-    ``query_labels`` None: no query loss. ``way``: the episode's number of classes (logits
-    beyond it are masked). ``training``: S = num_steps, else eval_num_steps.
+    ``way``: the episode's number of classes (logits beyond it are masked).
     """
     support_images, support_labels = self._check_set('support', support_images,
                                                      support_labels, way)
-    query_images, query_labels = self._check_set('query', query_images, query_labels, way)
     theta, fixed = self._read_theta0()
     if self.head == 'proto':
       features, _ = self.features({**fixed, **theta}, support_images)
@@ -272,16 +357,26 @@ class GradientLearner(tf.keras.Model):
       logits, _ = self._outputs({**fixed, **params}, support_images, way=way)
       return self.loss_fn(logits, support_labels), logits
 
-    steps = self.num_steps if training else self.eval_num_steps
+    steps = self.num_steps if num_steps is None else num_steps
     adaptation = inner_loop.adapt(theta, support_loss, self.update_rule, steps,
                                   self.first_order, self.check_finite, self.inner_loss_scale)
     final = {**fixed, **adaptation.params}
     moments = None
     if self.query_bn == 'support':
       _, moments = self.features(final, support_images, collect_moments=True)
-    query_logits, _ = self._outputs(final, query_images, moments, way)
-    query_loss = None if query_labels is None else self.loss_fn(query_logits, query_labels)
-    return EpisodeOutput(query_logits, query_loss, adaptation)
+    return AdaptedTask(self, adaptation, final, moments, way)
+
+  def forward_episode(self, support_images, support_labels, query_images,
+                      query_labels=None, way=None, training: bool = True) -> EpisodeOutput:
+    """Adapts to the support set (S inner steps) and returns the query outputs.
+
+    As ``adapt`` and the task's ``loss``; ``query_labels`` None: no query loss.
+    ``training``: S = num_steps, else eval_num_steps.
+    """
+    task = self.adapt(support_images, support_labels,
+                      self.num_steps if training else self.eval_num_steps, way)
+    query_logits, query_loss = task.logits_and_loss(query_images, query_labels)
+    return EpisodeOutput(query_logits, query_loss, task.adaptation)
 
   def episode_output(self, episode: Dict[str, tf.Tensor], training: bool = True):
     """``forward_episode`` on an episode dict (support_images, support_labels, query_images,

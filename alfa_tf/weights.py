@@ -39,14 +39,20 @@ class ParameterSet(tf.keras.layers.Layer):
   Each variable is also an attribute of the layer: Keras 3 checkpoints only variables held
   directly as attributes (not inside dicts or lists), so this keeps ``tf.train.Checkpoint``
   saving every tensor on Keras 2 and 3 alike, under its name.
+
+  ``values``: {name: array} of the variables to create. ``variables``: {name: variable} of
+  existing variables to hold as well (a Keras backbone's), listed first.
   """
 
-  def __init__(self, values, trainable: bool = True, **kwargs):
+  def __init__(self, values, trainable: bool = True, variables=None, **kwargs):
     super().__init__(**kwargs)
-    self.names = tuple(values)
-    for name, value in values.items():
-      setattr(self, self._attribute(name),
-              add_weight_from_value(self, name, value, trainable=trainable))
+    variables = dict(variables or {})
+    self.names = tuple(variables) + tuple(values)
+    for name, value in values.items():  # Keras 3 variable names cannot hold a '/'.
+      variables[name] = add_weight_from_value(self, name.replace('/', '.'), value,
+                                              trainable=trainable)
+    for name, variable in variables.items():
+      setattr(self, self._attribute(name), variable)
     self.built = True
 
   @staticmethod
