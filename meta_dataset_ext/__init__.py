@@ -4,6 +4,6 @@ import sys
 
 if sys.argv[:1] == ['-m']:
   # Imported while Python locates `python -m meta_dataset_ext.<command>`, before TensorFlow
-  # loads: keep its C++ runtime's INFO lines (which would break progress bars) off the
-  # console unless the user chose a level.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  # loads: keep its C++ runtime's INFO and WARNING lines (which would break progress bars
+  # and bury one-line errors) off the console unless the user chose a level.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

@@ -6,7 +6,8 @@
 Errors the user can act on print one line on stderr, ``<command>: error: <message>``, and exit
 with status 2: ``errors.UserError`` (bad gin configuration, records, flags, a non-finite
 training state), ``OSError`` (a path that is missing, a file, or unwritable), TensorFlow's
-``OpError`` (e.g. a file it cannot read) and absl flag errors. With ``--verbose`` (or the
+``OpError`` (e.g. a file it cannot read; one that reports a bad record found by the input
+pipeline prints that record's DataError) and absl flag errors. With ``--verbose`` (or the
 environment variable ``ALFA_TF_TRACEBACK=1``) the traceback is printed too. Any other
 exception is a bug: Python's traceback, exit status 1. Ctrl-C exits with status 130 after the
 command's own handling (the trainer saves a checkpoint first). Arguments that are not flags
@@ -23,6 +24,7 @@ from absl import logging
 import tensorflow as tf
 
 from meta_dataset_ext import errors
+from meta_dataset_ext.data import pipeline
 
 TRACEBACK_ENV = 'ALFA_TF_TRACEBACK'
 EXIT_USER_ERROR = 2
@@ -92,7 +94,8 @@ def run(main: Callable[[List[str]], None]) -> None:
   try:
     app.run(main, flags_parser=_parse_flags)
   except USER_ERRORS as error:
-    fail(one_line(error), error)
+    # A bad record found while tf.data read it: report the DataError that named it.
+    fail(one_line(pipeline.user_error(error) or error), error)
   except KeyboardInterrupt:
     print('Interrupted.', file=sys.stderr, flush=True)
     sys.exit(EXIT_INTERRUPTED)

@@ -19,7 +19,6 @@ from typing import Dict, Optional
 
 from absl import flags
 import numpy as np
-import tensorflow as tf
 
 from meta_dataset_ext import cli
 from meta_dataset_ext import gin_setup
@@ -132,13 +131,7 @@ def run(records_root_dir: str, source: str, split: str, num_episodes: int,
     first = first or description
     print(json.dumps(describe(spec, index, description)))
   if save_png:
-    try:
-      episode = next(iter(stream.dataset()))
-    except tf.errors.OpError as error:  # One line: the record at fault.
-      cause = pipeline.user_error(error)
-      if cause is None:
-        raise
-      raise cause from error
+    episode = next(iter(stream.dataset()))  # A bad record: cli.run names it.
     save_contact_sheet({k: v.numpy() for k, v in episode.items()}, spec,
                        first or next(stream.descriptions()), save_png,
                        columns)

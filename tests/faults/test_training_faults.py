@@ -13,6 +13,7 @@ import tensorflow as tf
 from meta_dataset_ext import cli
 from meta_dataset_ext import gin_setup
 from meta_dataset_ext import trainer as trainer_lib
+from meta_dataset_ext.data import reader
 from meta_dataset_ext.errors import ConfigError, DataError, NonFiniteError
 from tests.data import records_util
 from tests.faults import kill_during_save
@@ -188,6 +189,27 @@ def test_cli_names_a_bad_flag_value_and_stray_arguments(tmp_path):
   result = faults.run_module(TRAIN, f'--train_checkpoint_dir={tmp_path / "none"}',
                              '--is_training=False')
   faults.assert_one_line_error(result, TRAIN, 'does not exist')
+
+
+def test_cli_names_a_corrupt_record_found_while_training(records, tmp_path):
+  root = _copy_source(records, tmp_path)
+  for class_id in range(8):  # Every TRAIN record damaged: the first episode reads one.
+    path = root / 'tiny' / f'{class_id}.tfrecords'
+    index = reader.index_records(str(path))
+    data = bytearray(path.read_bytes())
+    for offset, length in zip(index.offsets, index.lengths):
+      data[offset + length // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+  before = faults.tree_digest(str(root))
+  run = tmp_path / 'run'
+  result = faults.run_module(TRAIN, '--gin_config=quickstart_glyphs.gin',
+                             f'--records_root_dir={root}', f'--train_checkpoint_dir={run}',
+                             "--gin_bindings=benchmark.train_datasets = 'tiny'",
+                             "--gin_bindings=benchmark.eval_datasets = 'tiny'",
+                             *[f'--gin_bindings={b}' for b in TINY])
+  faults.assert_one_line_error(result, TRAIN, 'Corrupt record', 'tiny', '.tfrecords', 'checksum')
+  faults.assert_unchanged(before, str(root))
+  assert not list(run.glob('ckpt-*'))
 
 
 # ----- a run directory is resumed only with its own configuration ---------------------------
