@@ -4,6 +4,8 @@ Shared by the gin factories of ``meta_dataset_ext.learners`` (the project's trai
 upstream adapter ``meta_dataset_ext.upstream`` (upstream's trainer), so both build the same
 learner from the same configuration.
 """
+from typing import Callable
+
 import tensorflow as tf
 
 import alfa_tf
@@ -25,6 +27,24 @@ def four_layer_convnet(depth_multiplier: float = 1.0, weight_decay: float = 0.0,
                      'backprop_through_moments=False are not supported.')
   backbone = alfa_tf.Conv4(filters=int(num_filters * depth_multiplier),
                            activation=activation, flatten_order=flatten_order)
+  backbone.weight_decay = weight_decay
+  return backbone
+
+
+def keras_backbone(builder: Callable[[], object], adapt=None, weight_decay: float = 0.0):
+  """A user's Keras 3 model as the embedding (``Learner.embedding_fn = @keras_backbone``).
+
+  ``builder()`` returns a new keras.Model from images to features (for example a function of
+  the user's module made gin-configurable, which the config imports and names:
+  ``keras_backbone.builder = @my_model``); the learner meta-learns its variables, which
+  checkpoints hold by the model's variable paths (its initial values are Keras' draws: seed
+  them in the builder, e.g. ``keras.utils.set_random_seed``, for runs that start alike).
+  ``adapt``: which of them the inner loop
+  adapts (``alfa_tf.KerasBackbone``; default all but BatchNorm's, which
+  ``MAMLLearner.adapt_batch_norm = True`` adds). ``weight_decay``: L2 on the model's kernels in
+  the outer loss, as upstream's embedding weight decay.
+  """
+  backbone = alfa_tf.KerasBackbone(builder(), adapt=adapt)
   backbone.weight_decay = weight_decay
   return backbone
 
@@ -52,8 +72,12 @@ def build_learner(backbone, transductive_batch_norm=False, backprop_through_mome
   if not backprop_through_moments:
     raise ValueError('Learner.backprop_through_moments=False is not supported.')
   if adapt_batch_norm:
-    raise ValueError('MAMLLearner.adapt_batch_norm=True is not supported: BatchNorm scale '
-                     'and offset are meta-parameters, not adapted in the inner loop.')
+    if not isinstance(backbone, alfa_tf.KerasBackbone):
+      raise ValueError('MAMLLearner.adapt_batch_norm=True is not supported by the functional '
+                       'backbones (only with Learner.embedding_fn = @keras_backbone): '
+                       'BatchNorm scale and offset are meta-parameters, not adapted in the '
+                       'inner loop.')
+    backbone.adapt_batch_norm = True
   common = dict(
       num_classes=logit_dim, input_shape=tuple(input_shape), num_steps=num_update_steps,
       eval_num_steps=num_update_steps + additional_evaluation_update_steps,
@@ -68,9 +92,10 @@ def build_learner(backbone, transductive_batch_norm=False, backprop_through_mome
     learner = alfa_tf.ALFALearner(backbone, random_init=alfa['random_init'],
                                   alfa_kwargs=dict(alpha_init=alpha, **rule_kwargs), **common)
   learner.display_name = _display_name(alfa, first_order, proto_maml_fc_layer_init)
-  # Outer-loss L2 weights: the backbone's kernels, and the linear head's weight.
+  # Outer-loss L2 weights: the backbone's kernels (a Keras model's '.../kernel' variables),
+  # and the linear head's weight.
   learner.l2_weights = {name: getattr(backbone, 'weight_decay', 0.0)
-                        for name in learner.theta0.names if name.endswith('.w')}
+                        for name in learner.theta0.names if name.endswith(('.w', 'kernel'))}
   if 'head.w' in learner.l2_weights:
     learner.l2_weights['head.w'] = classifier_weight_decay
   return learner

@@ -6,13 +6,16 @@ here is constructed like upstream's, ``cls(is_training=..., logit_dim=..., input
 with everything else from gin, and returns an ``alfa_tf`` Keras learner.
 
 Upstream -> alfa_tf:
-  Learner.embedding_fn              the backbone factory (``four_layer_convnet``, ``resnet``, ...)
+  Learner.embedding_fn              the backbone factory (``four_layer_convnet``, ``resnet``, ...,
+                                    or ``keras_backbone`` for a user's Keras model:
+                                    ``keras_backbone.builder = @my_model``)
   Learner.transductive_batch_norm   True: the query set uses its own BatchNorm statistics
                                     (ALFA reference); False: the support set's (upstream)
   MAMLLearner.num_update_steps      S, inner steps in training
   ...additional_evaluation_update_steps  extra inner steps at evaluation
   MAMLLearner.alpha                 inner learning rate (ALFA: initial alpha0)
   MAMLLearner.first_order           hold inner gradients constant
+  MAMLLearner.adapt_batch_norm      adapt BatchNorm's gamma/beta too (Keras backbones only)
   MAMLLearner.zero_fc_layer         linear head starts at zero
   MAMLLearner.proto_maml_fc_layer_init  Proto-MAML head
   MAMLLearner.classifier_weight_decay   L2 weight of the head in the outer loss
@@ -29,6 +32,8 @@ from meta_dataset_ext import learner_builder
 
 four_layer_convnet = gin.external_configurable(
     learner_builder.four_layer_convnet, 'four_layer_convnet', module=__name__)
+keras_backbone = gin.external_configurable(
+    learner_builder.keras_backbone, 'keras_backbone', module=__name__)
 
 
 @gin.configurable('alfa_four_layer_convnet')
