@@ -19,13 +19,12 @@ name: 'conv0/kernel', 'block1_bn/gamma'); they name the adapted tensors (the rul
 beta per layer), theta_0's entries and their checkpoint entries.
 
 What is adapted (``adapt``): every trainable variable (default), or those selected by layer
-or variable names, layer objects or a predicate (``adapt=['head']`` for ANIL over a model
-whose last layer is named 'head'; ``adapt=()`` adapts nothing of the model, only the
-learner's own head). BatchNormalization's gamma/beta are meta-parameters only unless
-``adapt_batch_norm`` (as in the ALFA reference, MAML's and Meta-Dataset's
-``adapt_batch_norm=False``, and the functional backbones). Variables that are not adapted are
-still meta-learned; non-trainable ones (BatchNorm moving statistics, frozen layers) are read as
-they are.
+or variable names, layer objects or a predicate (``adapt='embedding'``: only the layer of that
+name; ``adapt=()``: nothing of the model, only the learner's own head, which is ANIL).
+BatchNormalization's gamma/beta are meta-parameters only unless ``adapt_batch_norm`` (as in
+the ALFA reference, MAML's and Meta-Dataset's ``adapt_batch_norm=False``, and the functional
+backbones). Variables that are not adapted are still meta-learned; non-trainable ones
+(BatchNorm moving statistics, frozen layers) are read as they are.
 
 The model runs in inference mode (``training=False``: no dropout or noise layers), except
 that every trainable BatchNormalization layer normalises with the batch's own statistics (the
@@ -45,7 +44,7 @@ values and derivatives:
   normalisation reads the convolution before its bias (the batch mean removes the bias
   exactly; the bias keeps an exactly zero gradient), and where a ReLU, LeakyReLU or a
   non-decreasing Activation feeds a max pooling, the pooling takes the activation's input and
-  activates the pooled quarter (max and a non-decreasing function commute), as the functional
+  activates the pooled values (max and a non-decreasing function commute), as the functional
   ``Conv4`` computes. The skipped bias addition and full-size activation stay in the graph
   for any other consumer of theirs and are pruned by ``tf.function`` otherwise.
 

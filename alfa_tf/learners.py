@@ -1,9 +1,9 @@
 """Learners: a backbone, a head and an update rule, meta-trained through the inner loop.
 
 A learner is a Keras model whose weights are the meta-parameters: theta_0 (the backbone's and
-the linear head's initial values, with BatchNorm scale/offset), and the update rule's own
-(ALFA: phi, alpha0, beta0, and beta_pp for random init). They are tracked, listed by
-``summary()`` and saved by ``tf.train.Checkpoint``.
+the linear head's initial values, with BatchNorm scale/offset; with a ``KerasBackbone``, the
+model's own variables), and the update rule's own (ALFA: phi, alpha0, beta0, and beta_pp for
+random init). They are tracked, listed by ``summary()`` and saved by ``tf.train.Checkpoint``.
 
 One episode (task T_i): theta_{i,0} = theta_0 (or, with the Proto-MAML head, theta_0 plus a
 head initialised from the support prototypes), S inner steps on the support loss, then the
@@ -18,6 +18,13 @@ query_images, query_labels)::
     optimizer = tf.keras.optimizers.Adam(1e-3)
     out = learner.episode_output(episode)   # EpisodeOutput: query logits and loss, adaptation
     loss = learner.meta_update([episode, other_episode], optimizer)
+
+or step by step, the outer step under the caller's tape::
+
+    with tf.GradientTape() as tape:
+      task = learner.adapt(support_images, support_labels)   # an AdaptedTask
+      loss = task.loss(query_images, query_labels)            # from task(query_images)
+    grads = tape.gradient(loss, learner.trainable_variables)
 """
 import collections
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
@@ -116,7 +123,9 @@ class GradientLearner(tf.keras.Model):
   """Gradient-based meta-learner with any ``UpdateRule``.
 
   Args:
-    backbone: a functional backbone (``alfa_tf.backbones``).
+    backbone: a functional backbone (``alfa_tf.backbones``) or a Keras model in a
+      ``KerasBackbone`` (built here; its variables are theta_0, tracked as ``keras_model``;
+      ``learn_init=False`` sets them non-trainable).
     num_classes: logits per example (the way, or upstream's logit_dim with ``way`` masking;
       1 for regression).
     input_shape: shape of one example, e.g. (84, 84, 3) or (1,).
@@ -138,7 +147,8 @@ class GradientLearner(tf.keras.Model):
       kernels for these checks: turn both off. Shapes and dtypes are checked either way.
     seed: seeds the numpy draw of theta_0 and of the rule's meta-parameters.
     backbone_dtype: mixed precision, e.g. 'bfloat16' or 'float16': the backbone computes in
-      it; meta-parameters, head, losses and the update rule stay in ``dtype``.
+      it; meta-parameters, head, losses and the update rule stay in ``dtype``. (A Keras
+      model's precision is its dtype policy instead.)
     inner_loss_scale: static scale of the support loss before each inner gradient (divided
       out after). Default: ``FLOAT16_INNER_LOSS_SCALE`` for a float16 backbone (whose
       backpropagated values would otherwise underflow), 1 otherwise. The outer gradient's

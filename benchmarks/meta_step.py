@@ -5,10 +5,14 @@ class, 84x84x3 images, 48 filters, 5 inner steps, meta-batch 2, one compiled (tf
 outer step with Adam. Each configuration runs in a fresh process so that its peak resident
 memory (ru_maxrss) is its own. ``--backbone_dtype`` adds mixed-precision rows: the backbone
 computes in bfloat16 (or float16) while meta-parameters, losses and the update rule stay
-float32 (``GradientLearner(backbone_dtype=...)``).
+float32 (``GradientLearner(backbone_dtype=...)``; for the Keras model, its layers' dtype
+policy ``mixed_bfloat16``). ``--backbone``: the functional ``alfa_tf.Conv4`` ('conv4') and/or
+the same network as a Keras Sequential (``alfa_tf.keras_backbone.conv4_model`` through
+``alfa_tf.KerasBackbone``: 'keras_conv4'), each configuration of the two run one after the
+other.
 
     python benchmarks/meta_step.py [--iterations 10] [--backbone_dtype float32 bfloat16]
-        [--json benchmarks/results/meta_step.json]
+        [--backbone conv4 keras_conv4] [--json benchmarks/results/meta_step.json]
 """
 import argparse
 import json
@@ -23,16 +27,22 @@ CONFIGS = [(learner, shot, order) for shot in (1, 5) for order in ('second', 'fi
            for learner in ('maml', 'alfa_maml')]
 
 
-def run_one(learner_name, shot, order, backbone_dtype, iterations, warmup):
+def run_one(learner_name, shot, order, backbone_dtype, backbone_name, iterations, warmup):
   """Times one configuration in this process; returns its record."""
   import numpy as np
   import tensorflow as tf
   import alfa_tf
+  from alfa_tf import keras_backbone
 
   way, queries, size = 5, 15, 84
   kwargs = dict(num_classes=way, input_shape=(size, size, 3), num_steps=5,
-                first_order=(order == 'first'), backbone_dtype=backbone_dtype)
-  backbone = alfa_tf.Conv4(filters=48)
+                first_order=(order == 'first'))
+  if backbone_name == 'keras_conv4':
+    policy = None if backbone_dtype == 'float32' else f'mixed_{backbone_dtype}'
+    backbone = alfa_tf.KerasBackbone(keras_backbone.conv4_model(filters=48, dtype=policy))
+  else:
+    backbone = alfa_tf.Conv4(filters=48)
+    kwargs['backbone_dtype'] = backbone_dtype
   learner = (alfa_tf.ALFALearner(backbone, **kwargs) if learner_name == 'alfa_maml'
              else alfa_tf.MAMLLearner(backbone, **kwargs))
   optimizer = tf.keras.optimizers.Adam(1e-3)
@@ -56,8 +66,8 @@ def run_one(learner_name, shot, order, backbone_dtype, iterations, warmup):
     start = time.perf_counter()
     step(batches[i % 3]).numpy()
     times.append(time.perf_counter() - start)
-  return dict(learner=learner_name, shot=shot, order=order, backbone_dtype=backbone_dtype,
-              seconds_per_iter=round(statistics.median(times), 4),
+  return dict(learner=learner_name, backbone=backbone_name, shot=shot, order=order,
+              backbone_dtype=backbone_dtype, seconds_per_iter=round(statistics.median(times), 4),
               peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
               tensorflow=tf.__version__, iterations=iterations)
 
@@ -70,36 +80,54 @@ def main():
   parser.add_argument('--backbone_dtype', nargs='+', default=['float32'],
                       choices=('float32', 'bfloat16', 'float16'),
                       help='the dtype(s) the backbone computes in; one table row set each')
+  parser.add_argument('--backbone', nargs='+', default=['conv4'],
+                      choices=('conv4', 'keras_conv4'),
+                      help='the functional Conv4 and/or the same network as a Keras model')
   parser.add_argument('--json', help='also write the records to this JSON file')
-  parser.add_argument('--only', nargs=4, metavar=('LEARNER', 'SHOT', 'ORDER', 'DTYPE'),
+  parser.add_argument('--only', nargs=5,
+                      metavar=('LEARNER', 'SHOT', 'ORDER', 'DTYPE', 'BACKBONE'),
                       help='run a single configuration in this process (used internally)')
   args = parser.parse_args()
   if args.only:
-    learner, shot, order, dtype = args.only
-    print(json.dumps(run_one(learner, int(shot), order, dtype, args.iterations, args.warmup)))
+    learner, shot, order, dtype, backbone = args.only
+    print(json.dumps(run_one(learner, int(shot), order, dtype, backbone, args.iterations,
+                             args.warmup)))
     return
   records = []
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   for dtype in args.backbone_dtype:
     for learner, shot, order in CONFIGS:
-      out = subprocess.run([sys.executable, __file__, '--only', learner, str(shot), order, dtype,
-                            '--iterations', str(args.iterations), '--warmup', str(args.warmup)],
-                           check=True, capture_output=True, text=True, env=env).stdout
-      records.append(json.loads(out.strip().splitlines()[-1]))
-      print(f'done: {records[-1]}', file=sys.stderr)
-  print(f'{"learner":10s} {"backbone":>8s} {"shot":>4s} {"order":>6s} {"s/iter":>8s} '
-        f'{"peak RSS MB":>12s}')
+      for backbone in args.backbone:
+        out = subprocess.run([sys.executable, __file__, '--only', learner, str(shot), order,
+                              dtype, backbone, '--iterations', str(args.iterations),
+                              '--warmup', str(args.warmup)],
+                             check=True, capture_output=True, text=True, env=env).stdout
+        records.append(json.loads(out.strip().splitlines()[-1]))
+        print(f'done: {records[-1]}', file=sys.stderr)
+  print(f'{"learner":10s} {"backbone":>11s} {"dtype":>8s} {"shot":>4s} {"order":>6s} '
+        f'{"s/iter":>8s} {"peak RSS MB":>12s}')
   for r in records:
-    print(f'{r["learner"]:10s} {r["backbone_dtype"]:>8s} {r["shot"]:4d} {r["order"]:>6s} '
-          f'{r["seconds_per_iter"]:8.3f} {r["peak_rss_mb"]:12.0f}')
-  by_key = {(r['learner'], r['backbone_dtype'], r['shot'], r['order']): r['seconds_per_iter']
+    print(f'{r["learner"]:10s} {r["backbone"]:>11s} {r["backbone_dtype"]:>8s} {r["shot"]:4d} '
+          f'{r["order"]:>6s} {r["seconds_per_iter"]:8.3f} {r["peak_rss_mb"]:12.0f}')
+  by_key = {(r['learner'], r['backbone'], r['backbone_dtype'], r['shot'], r['order']): r
             for r in records}
-  for dtype in args.backbone_dtype:
-    for shot in (1, 5):
-      for order in ('second', 'first'):
-        ratio = by_key[('alfa_maml', dtype, shot, order)] / by_key[('maml', dtype, shot, order)]
-        print(f'ALFA overhead, {dtype} backbone, {shot}-shot {order}-order: '
-              f'{100 * (ratio - 1):+.1f}%')
+  for backbone in args.backbone:
+    for dtype in args.backbone_dtype:
+      for shot in (1, 5):
+        for order in ('second', 'first'):
+          ratio = (by_key[('alfa_maml', backbone, dtype, shot, order)]['seconds_per_iter'] /
+                   by_key[('maml', backbone, dtype, shot, order)]['seconds_per_iter'])
+          print(f'ALFA overhead, {backbone} {dtype}, {shot}-shot {order}-order: '
+                f'{100 * (ratio - 1):+.1f}%')
+  if 'keras_conv4' in args.backbone and 'conv4' in args.backbone:
+    for dtype in args.backbone_dtype:
+      for learner, shot, order in CONFIGS:
+        keras_record = by_key[(learner, 'keras_conv4', dtype, shot, order)]
+        functional = by_key[(learner, 'conv4', dtype, shot, order)]
+        print(f'Keras Conv4 vs Conv4, {learner} {dtype} {shot}-shot {order}-order: time '
+              f'{100 * (keras_record["seconds_per_iter"] / functional["seconds_per_iter"] - 1):+.1f}%'
+              f', memory '
+              f'{100 * (keras_record["peak_rss_mb"] / functional["peak_rss_mb"] - 1):+.1f}%')
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(records, f, indent=1)
