@@ -21,14 +21,28 @@ ClassRecords(spec, read_buffer_size_bytes=2**20, verify_checksums=True)
     .num_records(class_id) -> int     (indexes the file on first use)
     .read_images(class_id, indices) -> list of encoded image bytes
     .where(class_id, index) -> str    "record 3 of <file> (class 7)"
-ImageDecoder(image_height)(images, origin=None) -> uint8 [n, h, h, 3]
+decode_image(image_bytes, image_height, decoding="upstream") -> float32
+    One encoded image as training sees it: [h, h, 3] in [-1, 1] (a tensor;
+    works eagerly and inside tf.function, e.g. in a SavedModel signature).
+ImageDecoder(image_height, decoding="upstream")(images, origin=None)
+image_decoder(image_height, decoding="upstream")   one shared per arguments
     Decodes a list of encoded images in one TensorFlow call (images of the
-    list on up to one thread per CPU core).
-scale(uint8 images) -> float32 in [-1, 1]
-    Decoding as upstream's: any JPEG/PNG/GIF/BMP to RGB, bilinear resize to
-    h x h, x * 2/255 - 1. Two small differences: TF2's resize samples pixel
-    centres (upstream's TF1 resize aligned corners), and resized pixels are
-    rounded to whole grey levels; images already h x h are not resampled.
+    list on up to one thread per CPU core): float32 [n, h, h, 3] in [-1, 1]
+    ("upstream"), or uint8 [n, h, h, 3] ("fast"; `scale` maps them).
+scale(images) -> float32 in [-1, 1]    uint8 or float32 pixels in [0, 255]
+IMAGE_DECODINGS = ("upstream", "fast")   DataConfig.image_decoding
+    "upstream" (default) is bit-identical to upstream's ImageDecoder (on
+    TensorFlow 2.15 and 2.21): any JPEG (TensorFlow's fast integer DCT, the
+    default of its decoders), PNG, GIF or BMP to RGB, then bilinear resize
+    to h x h in float32 with the corners aligned (TF1's
+    resize_bilinear(align_corners=True)), then x * 2/255 - 1, the float32
+    arithmetic upstream's graph computes. Images already h x h are not
+    resampled (the same values).
+    "fast" resizes with TF2's bilinear resize (pixel centres aligned, not
+    corners) and rounds the result to uint8, so that episodes are handed
+    over as uint8 (a quarter of the bytes) and scaled in the tf.data map.
+    Every resized pixel differs from upstream's (by up to about a dozen grey
+    levels at 28 px); images already h x h decode identically in both.
 masked_crc32c(data) -> int            TFRecord's checksum (google_crc32c)
 
 Bad input raises `DataError` naming the file (and record index, class) and
@@ -41,6 +55,7 @@ before it was written, so that the record's checksum is intact).
 """
 
 import dataclasses
+import functools
 import os
 import re
 import struct
@@ -218,22 +233,43 @@ def _image_of_record(record: bytes, class_id: int):
   return images[0], None
 
 
-def _decode_uint8(image_bytes: tf.Tensor, image_height: int) -> tf.Tensor:
-  """Decodes one image to uint8 [h, h, 3], resizing it if needed.
+IMAGE_DECODINGS = ("upstream", "fast")
 
-  A resized image is rounded back to uint8 (an error of at most half a grey
-  level) so that whole episodes are handed over and scaled as uint8, which is
-  much faster than per-image float32 tensors.
-  """
+
+def _pixels(image_bytes: tf.Tensor, image_height: int,
+            decoding: str) -> tf.Tensor:
+  """One image's pixels [h, h, 3] in [0, 255], resized if needed (module doc):
+  float32 for "upstream", uint8 (rounded) for "fast"."""
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  size = [image_height, image_height]
+  if decoding == "upstream":
+    resize = lambda: tf.raw_ops.ResizeBilinear(  # TF1's resize_bilinear.
+        images=image[tf.newaxis], size=size, align_corners=True)[0]
+    same = lambda: tf.cast(image, tf.float32)
+  else:
+    resize = lambda: tf.saturate_cast(tf.round(tf.image.resize(
+        image, size, method=tf.image.ResizeMethod.BILINEAR)), tf.uint8)
+    same = lambda: image
   shape = tf.shape(image)
-  image = tf.cond(
-      tf.logical_and(shape[0] == image_height, shape[1] == image_height),
-      lambda: image,
-      lambda: tf.saturate_cast(tf.round(tf.image.resize(
-          image, [image_height, image_height],
-          method=tf.image.ResizeMethod.BILINEAR)), tf.uint8))
-  return tf.ensure_shape(image, [image_height, image_height, 3])
+  image = tf.cond(tf.logical_and(shape[0] == image_height,
+                                 shape[1] == image_height), same, resize)
+  return tf.ensure_shape(image, size + [3])
+
+
+def decode_image(image_bytes, image_height: int,
+                 decoding: str = "upstream") -> tf.Tensor:
+  """One encoded JPEG/PNG/GIF/BMP image as training sees it (module doc).
+
+  Args:
+    image_bytes: the encoded image (bytes, or a scalar string tensor).
+    image_height: the side h of the square output (DataConfig.image_height).
+    decoding: "upstream" or "fast" (DataConfig.image_decoding).
+  Returns:
+    float32 [h, h, 3] in [-1, 1].
+  Raises:
+    tf.errors.InvalidArgumentError: TensorFlow cannot decode the bytes.
+  """
+  return scale(_pixels(image_bytes, image_height, decoding))
 
 
 def _decode_problem(image_bytes: bytes) -> Optional[str]:
@@ -246,21 +282,29 @@ def _decode_problem(image_bytes: bytes) -> Optional[str]:
 
 
 class ImageDecoder:
-  """Decodes lists of encoded images to uint8 [n, h, h, 3] (see module doc).
+  """Decodes lists of encoded images (see module doc): float32 [n, h, h, 3] in
+  [-1, 1] for "upstream", uint8 [n, h, h, 3] for "fast".
 
   TensorFlow's decoders name no file when an image does not decode; the
   decoder then decodes the images one by one to find it, and raises DataError
   naming it by `origin`.
   """
 
-  def __init__(self, image_height: int):
-    self.image_height = image_height
-    signature = tf.TensorSpec([image_height, image_height, 3], tf.uint8)
+  def __init__(self, image_height: int, decoding: str = "upstream"):
+    if decoding not in IMAGE_DECODINGS:
+      raise ValueError(f"decoding must be one of {IMAGE_DECODINGS}, not "
+                       f"{decoding!r}.")
+    self.image_height, self.decoding = image_height, decoding
+    self.dtype = tf.float32 if decoding == "upstream" else tf.uint8
+
+    def one(image):
+      pixels = _pixels(image, image_height, decoding)
+      return scale(pixels) if decoding == "upstream" else pixels
+
+    signature = tf.TensorSpec([image_height, image_height, 3], self.dtype)
     self._decode = tf.function(
-        lambda images: tf.map_fn(
-            lambda image: _decode_uint8(image, image_height), images,
-            fn_output_signature=signature,
-            parallel_iterations=os.cpu_count() or 1),
+        lambda images: tf.map_fn(one, images, fn_output_signature=signature,
+                                 parallel_iterations=os.cpu_count() or 1),
         input_signature=[tf.TensorSpec([None], tf.string)])
 
   def __call__(self, images: Sequence[bytes],
@@ -278,6 +322,19 @@ class ImageDecoder:
       raise
 
 
+@functools.lru_cache(maxsize=None)
+def image_decoder(image_height: int, decoding: str = "upstream"
+                  ) -> "ImageDecoder":
+  """The ImageDecoder of these arguments, made once per process (the
+  pipelines share it rather than trace a function each)."""
+  return ImageDecoder(image_height, decoding)
+
+
 def scale(images: tf.Tensor) -> tf.Tensor:
-  """uint8 [0, 255] -> float32 [-1, 1]."""
+  """Pixels in [0, 255] (uint8 or float32) -> float32 in [-1, 1].
+
+  Upstream's decoder writes 2 * (x / 255 - 0.5), which TensorFlow's graph
+  optimiser turns into this product and difference: its values, bit for bit
+  (evaluated as written, without the optimiser, some differ in the last bit).
+  """
   return tf.cast(images, tf.float32) * (2.0 / 255.0) - 1.0

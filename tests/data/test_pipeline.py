@@ -163,6 +163,7 @@ def test_bilevel_and_hierarchical_episodes(root):
     ("read_buffer_size_bytes", 0, "read_buffer_size_bytes = 0"),
     ("num_prefetch", 1.5, "num_prefetch = 1.5 must be an integer"),
     ("verify_checksums", "yes", "verify_checksums = 'yes' must be True or"),
+    ("image_decoding", "bicubic", "image_decoding = 'bicubic' must be one of"),
 ])
 def test_data_config_values_are_checked_where_they_enter(field, value, match):
   with pytest.raises(ConfigError, match=f"DataConfig.{match}"):
