@@ -11,6 +11,8 @@ Upstream -> alfa_tf:
                                     ``keras_backbone.builder = @my_model``)
   Learner.transductive_batch_norm   True: the query set uses its own BatchNorm statistics
                                     (ALFA reference); False: the support set's (upstream)
+  Learner.pretrained_checkpoint     a batch-trained (Baseline) or upstream checkpoint whose
+                                    backbone starts theta_0 (``meta_dataset_ext.pretrained``)
   MAMLLearner.num_update_steps      S, inner steps in training
   ...additional_evaluation_update_steps  extra inner steps at evaluation
   MAMLLearner.alpha                 inner learning rate (ALFA: initial alpha0)
@@ -22,11 +24,12 @@ Upstream -> alfa_tf:
   MAMLLearner.loss                  'cross_entropy' or 'mse' (the trainer passes the one its
                                     task source needs: 'mse' for sinusoid regression)
 """
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import gin
 
 import alfa_tf
+from meta_dataset_ext import backbones
 from meta_dataset_ext import learner_builder
 
 
@@ -51,12 +54,9 @@ def resnet12(channels: Sequence[int] = (64, 160, 320, 640), weight_decay: float 
   return backbone
 
 
-@gin.configurable('resnet')
-def resnet(weight_decay: float = 0.0, channels: Sequence[int] = (64, 128, 256, 512)):
-  """Upstream's ResNet-18 (``Learner.embedding_fn = @resnet``)."""
-  backbone = alfa_tf.ResNet18(channels=channels)
-  backbone.weight_decay = weight_decay
-  return backbone
+# Upstream's ResNet-18, layer for layer (``Learner.embedding_fn = @resnet``); ``resnet34`` and
+# ``wide_resnet`` are registered there too.
+resnet = gin.external_configurable(backbones.resnet, 'resnet', module=__name__)
 
 
 @gin.configurable('mlp')
@@ -73,10 +73,14 @@ def mlp(hidden: Sequence[int] = (40, 40), activation: str = 'relu', in_features:
 @gin.configurable('Learner')
 def learner_options(embedding_fn: Callable = four_layer_convnet,
                     transductive_batch_norm: bool = False,
-                    backprop_through_moments: bool = True):
-  """Upstream's ``Learner`` base arguments, with the backbone built."""
+                    backprop_through_moments: bool = True,
+                    pretrained_checkpoint: Optional[str] = None):
+  """Upstream's ``Learner`` base arguments, with the backbone built; ``pretrained_checkpoint``:
+  the checkpoint whose backbone starts a new training run's theta_0 (``meta_dataset_ext.
+  pretrained``; the trainer loads it)."""
   return dict(backbone=embedding_fn(), transductive_batch_norm=transductive_batch_norm,
-              backprop_through_moments=backprop_through_moments)
+              backprop_through_moments=backprop_through_moments,
+              pretrained_checkpoint=pretrained_checkpoint)
 
 
 @gin.configurable('MAMLLearner')
@@ -93,14 +97,18 @@ def maml_learner(is_training=True, logit_dim=5, input_shape=(84, 84, 3),
   ``backbone_dtype``: mixed precision (the trainer passes its ``compute_dtype``).
   """
   del is_training, debug  # One learner serves training and evaluation.
-  return learner_builder.build_learner(
-      **learner_options(), logit_dim=logit_dim, input_shape=input_shape,
+  options = learner_options()
+  pretrained_checkpoint = options.pop('pretrained_checkpoint')
+  learner = learner_builder.build_learner(
+      **options, logit_dim=logit_dim, input_shape=input_shape,
       num_update_steps=num_update_steps,
       additional_evaluation_update_steps=additional_evaluation_update_steps,
       first_order=first_order, alpha=alpha, adapt_batch_norm=adapt_batch_norm,
       zero_fc_layer=zero_fc_layer, proto_maml_fc_layer_init=proto_maml_fc_layer_init,
       classifier_weight_decay=classifier_weight_decay, loss=loss, seed=seed, alfa=alfa,
       backbone_dtype=backbone_dtype)
+  learner.pretrained_checkpoint = pretrained_checkpoint
+  return learner
 
 
 @gin.configurable('ALFAMAMLLearner')

@@ -10,6 +10,15 @@ sources fix the ``TaskFormat``: the learner's input shape, outputs and loss, and
 (classification: accuracy, higher is better; regression: MSE, lower is better) that
 validation, the best checkpoints and the results use.
 
+Batch mode: a batch learner (``Trainer.train_learner_class = @BaselineLearner``,
+``meta_dataset_ext.baseline``) is trained on batches of ``Trainer.batch_size`` images of the
+training sources' TRAIN classes (``pipeline.BatchStream``, augmented as
+``process_batch.batch_decoder`` says) with one logit per class, and validated and evaluated on
+episodes, as upstream's trainer does. Its checkpoints initialise the backbone of episodic
+learners: ``Learner.pretrained_checkpoint`` with ``Trainer.pretrained_source`` (upstream's
+label, e.g. 'imagenet') starts a new run's theta_0 backbone from it (``pretrained``; upstream
+BaselineLearner checkpoints load too).
+
 Everything a run will read or write is checked when the Trainer is built, before the first
 update: every value (named by its binding), every split of every source it will read (class
 files present, enough classes and images), every output folder, and, when it resumes, that
@@ -41,12 +50,14 @@ import tensorflow as tf
 import tqdm
 
 from alfa_tf import learners as alfa_learners
+from meta_dataset_ext import baseline  # pylint: disable=unused-import  (@BaselineLearner)
 from meta_dataset_ext import checkpoints as checkpoints_lib
 from meta_dataset_ext import checks
 from meta_dataset_ext import distribute as distribute_lib
 from meta_dataset_ext import errors
 from meta_dataset_ext import evaluation
 from meta_dataset_ext import learners as learners_lib
+from meta_dataset_ext import pretrained as pretrained_lib
 from meta_dataset_ext import report
 from meta_dataset_ext import run_dir
 from meta_dataset_ext import upstream_compat
@@ -163,8 +174,10 @@ class Trainer:
 
   Upstream's arguments keep their meaning; ones this trainer does not implement must keep
   their defaults (a clear error says so), and bound ones that have no effect here are named
-  in a warning (``upstream_compat.differences``). ``experiment_name`` is recorded in the
-  results; ``enable_tf_optimizations = False`` turns off the same graph optimisations as
+  in a warning (``upstream_compat.differences``). ``batch_size``: images per batch of a batch
+  learner. ``pretrained_source``: where ``Learner.pretrained_checkpoint`` was trained
+  ('scratch' or '': no pretrained backbone; module docstring). ``experiment_name`` is
+  recorded in the results; ``enable_tf_optimizations = False`` turns off the same graph optimisations as
   upstream's; ``omit_from_saving_and_reloading``: variables whose names contain one of these
   substrings are not reloaded from checkpoints (``checkpoints.restore``). Our own:
     meta_batch_size: episodes per outer update (the ALFA reference: 2 or 4; upstream: 1).
@@ -214,9 +227,8 @@ class Trainer:
                strategy: Optional[str] = None, compute_dtype: Optional[str] = None,
                jit_compile: bool = False, allow_config_change: bool = False,
                will_evaluate: bool = True):
-    del batch_size, eval_finegrainedness_split  # Named by upstream_compat.differences().
+    del eval_finegrainedness_split  # Named by upstream_compat.differences().
     unsupported = dict(normalized_gradient_descent=normalized_gradient_descent,
-                       pretrained_source=pretrained_source != 'scratch',
                        restrict_classes=restrict_classes,
                        restrict_num_per_class=restrict_num_per_class,
                        eval_finegrainedness=eval_finegrainedness,
@@ -230,6 +242,7 @@ class Trainer:
     if eval_learner_class not in (None, train_learner_class):
       raise errors.ConfigError('Trainer.eval_learner_class must equal train_learner_class '
                                'here: one learner serves training and evaluation.')
+    self.batch_mode = bool(getattr(train_learner_class, 'is_batch_learner', False))
     self._check_values(locals())
     if train_dataset_list is None or eval_dataset_list is None:
       train_sources, eval_sources = benchmark()
@@ -253,12 +266,16 @@ class Trainer:
     self.train_episode_config = train_episode_config or sampler_lib.EpisodeDescriptionConfig()
     self.eval_episode_config = eval_episode_config or self.train_episode_config
     synthetic = [sinusoid.source(s) for s in self._sources_read()]
+    self._specs, self._streams, self._batch_stream = {}, {}, None
     self.format = self._task_format(synthetic)
-    self._specs, self._streams = {}, {}
     self._open_streams(synthetic)
     self.strategy = distribute_lib.make_strategy(strategy or
                                                  ('mirrored' if distribute else 'default'))
     self.is_chief = distribute_lib.is_chief(self.strategy)
+    if self.batch_mode and self.strategy.num_replicas_in_sync > 1:
+      raise errors.ConfigError('Batch training (Trainer.train_learner_class = '
+                               '@BaselineLearner) runs on one device: bind Trainer.strategy = '
+                               "'default'.")
     if self.is_chief:
       self._check_output_dirs()
     self.restore_dir = checkpoint_dir  # Every worker resumes from the chief's checkpoints.
@@ -277,12 +294,13 @@ class Trainer:
                                                 self.format.metric,
                                                 self.format.higher_is_better)
     self._check_checkpoints(allow_config_change)
+    self._initialise_pretrained(checkpoint_to_restore)
     self._compile()
     self._evaluator = evaluation.Evaluator(
         self._evaluate_batch, self._restore_for_evaluation,
         lambda source: self._episodes('eval', source), _METRICS[self.format.metric],
         self.format.metric, self.show_progress)
-    for message in upstream_compat.differences():
+    for message in upstream_compat.differences(self.batch_mode):
       errors.warn(message)
 
   # ----- checks made when the trainer is built ----------------------------------------------
@@ -291,7 +309,7 @@ class Trainer:
     """Types and ranges of the numeric and boolean arguments, named by their bindings."""
     whole = dict(num_updates=1 if args['is_training'] else 0, num_eval_episodes=1,
                  checkpoint_every=1, validate_every=1, log_every=1, decay_every=1,
-                 meta_batch_size=1, keep_best=1, ensemble_top_k=0, seed=0)
+                 meta_batch_size=1, keep_best=1, ensemble_top_k=0, seed=0, batch_size=1)
     for name, minimum in whole.items():
       setattr(self, name, checks.integer(f'Trainer.{name}', args[name], minimum))
     self.num_validation_episodes = (
@@ -303,6 +321,11 @@ class Trainer:
                  'show_progress', 'jit_compile', 'allow_config_change', 'will_evaluate'):
       checks.boolean(f'Trainer.{name}', args[name])
     self.show_progress = args['show_progress']
+    if not isinstance(args['pretrained_source'], str):
+      raise errors.ConfigError(f'Trainer.pretrained_source = {args["pretrained_source"]!r} '
+                               "must be a string: 'scratch', or the pretraining's source, "
+                               "e.g. 'imagenet'.")
+    self.pretrained_source = args['pretrained_source']
     checks.choice('Trainer.compute_dtype', args['compute_dtype'], COMPUTE_DTYPES)
     checks.choice('Trainer.eval_split', str(args['eval_split']).upper(),
                   [s.name for s in spec_lib.Split])
@@ -320,31 +343,53 @@ class Trainer:
             (self.eval_sources if self.will_evaluate else []))
 
   def _task_format(self, synthetic) -> TaskFormat:
-    """Records sources: images of DataConfig.image_height, up to max_ways classes; synthetic
-    sources: what the (one kind of) generator declares."""
+    """Records sources: images of DataConfig.image_height, up to max_ways classes (a batch
+    learner: the training sources' TRAIN classes); synthetic sources: what the (one kind of)
+    generator declares."""
+    if self.batch_mode and any(sinusoid.source(s) for s in self.train_sources):
+      raise errors.ConfigError('A batch learner (Trainer.train_learner_class) trains on records '
+                               f'sources, not on synthetic ones: {self.train_sources}.')
     if not any(synthetic):
       height = self.data_config.image_height
-      return TaskFormat((height, height, 3), max(self.train_episode_config.max_ways,
-                                                 self.eval_episode_config.max_ways),
-                        'cross_entropy', _episode_signature(height))
+      logit_dim = max(self.train_episode_config.max_ways, self.eval_episode_config.max_ways)
+      if self.batch_mode:
+        self._check_records_root()
+        logit_dim = sum(len(self._spec(s).get_classes(spec_lib.Split.TRAIN))
+                        for s in self.train_sources)
+      return TaskFormat((height, height, 3), logit_dim, 'cross_entropy',
+                        _episode_signature(height))
     if not all(synthetic) or len({type(t) for t in synthetic}) > 1:
       raise errors.ConfigError('Records sources and synthetic sources (or different '
                                f'synthetic ones) cannot be mixed: {self._sources_read()}.')
     tasks = synthetic[0]
     return TaskFormat(tasks.input_shape, tasks.output_dim, tasks.loss, tasks.signature())
 
+  def _check_records_root(self) -> None:
+    root = self.records_root_dir
+    if not os.path.exists(root):
+      raise errors.DataError(f'Records folder {root!r} (--records_root_dir) does not exist.')
+    if not os.path.isdir(root):
+      raise errors.DataError(f'Records folder {root!r} (--records_root_dir) is a file: give '
+                             'the folder that holds one sub-folder per source.')
+
+  def _spec(self, source: str):
+    """The dataset specification of a records source, loaded once."""
+    if source not in self._specs:
+      self._specs[source] = spec_lib.load_dataset_spec(self.records_root_dir, source)
+    return self._specs[source]
+
   def _open_streams(self, synthetic) -> None:
-    """Opens every (split, source) the run will read, which checks each of them now."""
+    """Opens every (split, source) the run will read, which checks each of them now (a batch
+    learner's training batches: the TRAIN split of every training source)."""
     if not all(synthetic):
-      root = self.records_root_dir
-      if not os.path.exists(root):
-        raise errors.DataError(f'Records folder {root!r} (--records_root_dir) does not '
-                               'exist.')
-      if not os.path.isdir(root):
-        raise errors.DataError(f'Records folder {root!r} (--records_root_dir) is a file: '
-                               'give the folder that holds one sub-folder per source.')
+      self._check_records_root()
     purposes = (['train', 'valid'] if self.is_training else []) + (
         ['eval'] if self.will_evaluate else [])
+    if self.batch_mode and self.is_training:
+      purposes.remove('train')
+      self._batch_stream = pipeline.BatchStream(
+          [self._spec(s) for s in self.train_sources], 'TRAIN', self.batch_size,
+          self.data_config, self.seed, upstream_compat.batch_augmentation())
     for purpose in purposes:
       for source in self.eval_sources if purpose == 'eval' else self.train_sources:
         self._stream(purpose, source)
@@ -363,10 +408,9 @@ class Trainer:
       return None
     if (purpose, source) not in self._streams:
       split, seed, config = self._purpose(purpose, source)
-      if source not in self._specs:
-        self._specs[source] = spec_lib.load_dataset_spec(self.records_root_dir, source)
       self._streams[(purpose, source)] = pipeline.EpisodeStream(
-          self._specs[source], split, config, self.data_config, seed, padding='none')
+          self._spec(source), split, config, self.data_config, seed, padding='none',
+          augmentation=upstream_compat.episode_augmentation(purpose == 'train'))
     return self._streams[(purpose, source)]
 
   def _check_output_dirs(self) -> None:
@@ -402,6 +446,36 @@ class Trainer:
           'with, start a new run in another --train_checkpoint_dir, or pass '
           '--allow_config_change to go on with the new one (the earlier operative_config.gin '
           'is kept).')
+
+  def _initialise_pretrained(self, checkpoint_to_restore: Optional[str]) -> None:
+    """A new training run starts theta_0's backbone from ``Learner.pretrained_checkpoint``
+    (read and checked now; a resumed run restores its own checkpoint instead). The binding
+    must agree with ``Trainer.pretrained_source``, upstream's label of where it was trained
+    ('scratch' or '': none)."""
+    path = getattr(self.learner, 'pretrained_checkpoint', None)
+    if not self.is_training:
+      return
+    source = self.pretrained_source
+    if path and source in ('', 'scratch'):
+      raise errors.ConfigError(
+          f'{pretrained_lib.BINDING} = {path!r} but Trainer.pretrained_source = {source!r}: '
+          "bind Trainer.pretrained_source to the source it was trained on (e.g. 'imagenet'), "
+          'as upstream\'s configs do.')
+    if source not in ('', 'scratch') and not path:
+      upstream = (' (upstream\'s trainer takes it from Trainer.checkpoint_to_restore, which '
+                  'here restores a whole checkpoint of this learner)'
+                  if checkpoint_to_restore else '')
+      raise errors.ConfigError(
+          f'Trainer.pretrained_source = {source!r} needs the pretrained backbone: bind '
+          f'{pretrained_lib.BINDING} to a run of batch training (Trainer.train_learner_class '
+          f'= @BaselineLearner) or to an upstream BaselineLearner checkpoint{upstream}, or '
+          "bind Trainer.pretrained_source = 'scratch'.")
+    if path and checkpoint_to_restore:
+      raise errors.ConfigError(
+          f'Trainer.checkpoint_to_restore = {checkpoint_to_restore!r} and '
+          f'{pretrained_lib.BINDING} = {path!r} both initialise the learner: bind one.')
+    if path and self.manager.latest_checkpoint is None:
+      pretrained_lib.initialise(self.learner, pretrained_lib.backbone_values(path, self.learner))
 
   def _build_model(self, train_learner_class, seed, learning_rate, decay_learning_rate,
                    decay_every, decay_rate):
@@ -442,11 +516,13 @@ class Trainer:
       loss = tf.add_n([o.query_loss for o in outs]) / len(outs)
       value = tf.add_n([metric(o.query_logits, ep['query_labels'])
                         for o, ep in zip(outs, batch)]) / len(outs)
-      metrics = {'loss': loss, self.format.metric: value,
-                 'support_loss_first': tf.add_n([o.adaptation.losses[0] for o in outs]) / len(
-                     outs),
-                 'support_loss_last': tf.add_n([o.adaptation.losses[-1] for o in outs]) / len(
-                     outs)}
+      metrics = {'loss': loss, self.format.metric: value}
+      if outs[0].adaptation is None:  # A batch learner's episodes: nothing adapted.
+        return metrics
+      metrics['support_loss_first'] = tf.add_n([o.adaptation.losses[0] for o in outs]) / len(
+          outs)
+      metrics['support_loss_last'] = tf.add_n([o.adaptation.losses[-1] for o in outs]) / len(
+          outs)
       for symbol in ('alpha', 'beta'):
         per_episode = [tf.stack([d[symbol] for d in o.adaptation.diagnostics])
                        for o in outs if symbol in o.adaptation.diagnostics[0]]
@@ -480,8 +556,28 @@ class Trainer:
       outs, metrics = outputs_and_metrics(batch, False)
       return [o.query_logits for o in outs], metrics
 
+    def batch_gradients(batch):
+      """A batch learner's update: the cross-entropy of a batch plus the L2 regulariser."""
+      scale = lambda loss: alfa_learners.scale_loss(self.optimizer, loss)
+      variables = self.learner.trainable_variables
+      with tf.GradientTape() as tape:
+        loss, logits = self.learner.batch_loss(batch)
+        total = loss + learners_lib.outer_regularizer(self.learner)
+        scaled = scale(total)
+      grads = alfa_learners.gradients_or_zeros(tape, scaled, variables)
+      finite = tf.math.is_finite(total)
+      if scaled is total:  # With loss scaling, the optimizer handles overflowed gradients.
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads] + [finite])
+      return grads, {'loss': loss, 'accuracy': _accuracy(logits, batch['labels'])}, finite
+
     # The learners' code has no control flow on tensors: tracing it without AutoGraph's
     # conversion takes about half the time (the wait before the first update).
+    if self.batch_mode:
+      height = self.data_config.image_height
+      batch_signature = [{
+          'images': tf.TensorSpec([self.batch_size, height, height, 3], tf.float32),
+          'labels': tf.TensorSpec([self.batch_size], tf.int32)}]
+      gradients = batch_gradients
     self._gradients = tf.function(gradients, input_signature=batch_signature,
                                   jit_compile=self.jit_compile, autograph=False)
     self._apply = tf.function(apply)
@@ -512,7 +608,10 @@ class Trainer:
 
   def _train_batches(self, start_update):
     """Meta-batches from update ``start_update`` on. Episode i of the run comes from source
-    i mod (number of sources) at that source's position: a function of the update count."""
+    i mod (number of sources) at that source's position: a function of the update count. A
+    batch learner's: batch ``start_update`` on of the batch stream."""
+    if self.batch_mode:
+      return iter(self._batch_stream.dataset(start_update).prefetch(2))
     n = len(self.train_sources)
     first_episode = start_update * self.meta_batch_size
     streams = [self._episodes('train', source, start=(first_episode - k + n - 1) // n)
@@ -552,7 +651,9 @@ class Trainer:
     if self.strategy.num_replicas_in_sync == 1 and start < self.num_updates:
       # Trace the step now, while the input pipeline reads the first meta-batch.
       self._gradients.get_concrete_function()
-    progress = _Progress(self.num_updates, start, f'meta-training {self.learner_name}',
+    progress = _Progress(self.num_updates, start,
+                         f'{"training" if self.batch_mode else "meta-training"} '
+                         f'{self.learner_name}',
                          disable=not self.show_progress)
     metrics = {}
     step_seconds = log_seconds = 0.0
@@ -650,7 +751,7 @@ class Trainer:
     raise NonFiniteLossError(' '.join(where))
 
   def _summaries(self, writer, metrics, step):
-    names = self.learner.update_rule.param_names
+    names = self._rule_param_names()
     with writer.as_default(step=step):
       for key, value in metrics.items():
         if np.ndim(value) == 0:
@@ -724,8 +825,13 @@ class Trainer:
     self._plots(sources, self._evaluator.diagnostics)
     return results
 
+  def _rule_param_names(self) -> List[str]:
+    """The tensors the inner loop adapts (none for a batch learner)."""
+    rule = getattr(self.learner, 'update_rule', None)
+    return list(rule.param_names) if rule is not None else []
+
   def _plots(self, sources, diagnostics):
-    names = list(self.learner.update_rule.param_names)
+    names = self._rule_param_names()
     for source in sources:
       if (source, 'alpha') in diagnostics and (source, 'beta') in diagnostics:
         alpha = np.stack(diagnostics[(source, 'alpha')])
