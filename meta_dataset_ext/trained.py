@@ -36,6 +36,8 @@ from meta_dataset_ext import errors
 from meta_dataset_ext import gin_setup
 from meta_dataset_ext import run_dir as run_dir_lib
 from meta_dataset_ext import trainer as trainer_lib
+from meta_dataset_ext import upstream_compat
+from meta_dataset_ext.data import augmentation as augmentation_lib
 from meta_dataset_ext.data import pipeline
 from meta_dataset_ext.data import reader
 from meta_dataset_ext.data import sampler as sampler_lib
@@ -162,6 +164,12 @@ def _build_learner(run_dir: str):
     raise errors.ConfigError(f'{run_dir!r} (--checkpoint_dir) trained on the synthetic '
                              f'source {synthetic[0]!r} (regression): only image classifiers '
                              'can predict classes of images.')
+  augmented = [part for part, augmentation in upstream_compat.episode_augmentation(False).items()
+               if augmentation_lib.is_active(augmentation)]
+  if augmented:
+    errors.warn(f'The run\'s evaluation augments the {" and ".join(augmented)} images '
+                '(evaluation/process_episode bindings); the learner here takes them as decoded, '
+                'without augmentation.')
   data_config = _trainer_value('data_config') or pipeline.DataConfig()
   train_episodes = (_trainer_value('train_episode_config') or
                     sampler_lib.EpisodeDescriptionConfig())

@@ -210,6 +210,20 @@ def test_bad_runs_are_named(held_back_run, tmp_path):
     trained_lib.load(str(untrained))
 
 
+def test_evaluation_augmentation_of_the_run_is_named(held_back_run, tmp_path, capsys):
+  run = tmp_path / 'augmented'
+  shutil.copytree(held_back_run.run_dir, run)
+  with open(run / 'operative_config.gin', 'a', encoding='utf-8') as f:
+    f.write('evaluation/process_episode.support_decoder = @evaluation/ImageDecoder()\n'
+            'evaluation/ImageDecoder.data_augmentation = @evaluation/DataAugmentation()\n'
+            'evaluation/DataAugmentation.enable_jitter = True\n'
+            'evaluation/DataAugmentation.jitter_amount = 2\n')
+  trained_lib.load(str(run))
+  assert "warning: The run's evaluation augments the support images" in capsys.readouterr().err
+  trained_lib.load(held_back_run.run_dir)
+  assert 'augments' not in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(held_back_run, tmp_path):
   folders = held_back.few_shot_folders(tmp_path / 'glyphs', num_support=1, num_query=1,
                                        characters='TW')
