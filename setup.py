@@ -10,11 +10,13 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["alfa_tf", "alfa_tf.*",
                                                "meta_dataset_ext", "meta_dataset_ext.*"])
-    + ["meta_dataset_ext.configs"],
+    + ["meta_dataset_ext.configs", "meta_dataset_ext.configs.best"],
     # The gin configs live in gin/ (the paths users type from a checkout) and are installed
-    # as meta_dataset_ext/configs/ (found by meta_dataset_ext.configs_path).
-    package_dir={"meta_dataset_ext.configs": "gin"},
-    package_data={"meta_dataset_ext.configs": ["*.gin"]},
+    # as meta_dataset_ext/configs/ (found by meta_dataset_ext.config_files), the tuned ones
+    # of gin/best/ as meta_dataset_ext/configs/best/.
+    package_dir={"meta_dataset_ext.configs": "gin", "meta_dataset_ext.configs.best": "gin/best"},
+    package_data={"meta_dataset_ext.configs": ["*.gin"],
+                  "meta_dataset_ext.configs.best": ["*.gin"]},
     python_requires=">=3.9",
     install_requires=[
         "tensorflow>=2.15",

@@ -5,7 +5,8 @@ The configs live in the checkout's ``gin/`` folder and are installed with the pa
 up, in order:
   1. as given (relative to the working directory), so a user's own file always wins;
   2. among the project's configs: ``gin/alfa_fo_proto_maml.gin`` and ``alfa_fo_proto_maml.gin``
-     both mean the shipped ``alfa_fo_proto_maml.gin``.
+     both mean the shipped ``alfa_fo_proto_maml.gin``; ``gin/best/fo_proto_maml.gin`` and
+     ``best/fo_proto_maml.gin`` the one of the sub-folder ``best/`` (``SUBFOLDERS``).
 Nothing else is searched (never another package's folder).
 
     python -m meta_dataset_ext.config_files                          # lists the configs
@@ -24,6 +25,7 @@ from meta_dataset_ext.errors import ConfigError
 
 PACKAGE_CONFIGS = 'meta_dataset_ext.configs'  # setup.py installs gin/ under this name.
 CHECKOUT_FOLDER = 'gin'
+SUBFOLDERS = ('best',)  # Installed too (setup.py): the tuned configs.
 
 
 def config_dirs() -> List[str]:
@@ -46,9 +48,16 @@ def config_dirs() -> List[str]:
 
 
 def available() -> List[str]:
-  """File names of the project's configs, sorted."""
-  return sorted({name for d in config_dirs() for name in os.listdir(d)
-                 if name.endswith('.gin')})
+  """The project's configs as --gin_config takes them ('fo_maml.gin', 'best/fo_maml.gin'),
+  sorted."""
+  names = set()
+  for d in config_dirs():
+    for sub in ('',) + SUBFOLDERS:
+      folder = os.path.join(d, sub)
+      if os.path.isdir(folder):
+        names.update(os.path.join(sub, name) for name in os.listdir(folder)
+                     if name.endswith('.gin'))
+  return sorted(names)
 
 
 def resolve(path: str) -> str:
@@ -62,11 +71,11 @@ def resolve(path: str) -> str:
   if os.path.isfile(path):
     return path
   parts = os.path.normpath(path).split(os.sep)
-  if len(parts) == 2 and parts[0] == CHECKOUT_FOLDER:
+  if len(parts) > 1 and parts[0] == CHECKOUT_FOLDER:
     parts = parts[1:]
-  if len(parts) == 1:
+  if len(parts) == 1 or (len(parts) == 2 and parts[0] in SUBFOLDERS):
     for folder in config_dirs():
-      candidate = os.path.join(folder, parts[0])
+      candidate = os.path.join(folder, *parts)
       if os.path.isfile(candidate):
         return candidate
   raise ConfigError(
