@@ -117,13 +117,20 @@ def augment(images: tf.Tensor, augmentation: DataAugmentation,
     images += augmentation.noise_std * tf.random.stateless_normal(
         tf.shape(images), noise_seed, dtype=images.dtype)
   j = augmentation.jitter
-  if j > 0:
+  if j > 0:  # The crop of the padded image, read from the image itself.
     shape = tf.shape(images)
-    padded = tf.pad(images, [[0, 0], [j, j], [j, j], [0, 0]], "REFLECT")
     offsets = tf.random.stateless_uniform([shape[0], 2], crop_seed, 0,
-                                          2 * j + 1, dtype=tf.int32)
-    rows = offsets[:, :1] + tf.range(shape[1])[tf.newaxis]
-    cols = offsets[:, 1:] + tf.range(shape[2])[tf.newaxis]
-    images = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols,
-                       axis=2, batch_dims=1)
+                                          2 * j + 1, dtype=tf.int32) - j
+    for axis in (1, 2):
+      size = shape[axis]
+      index = offsets[:, axis - 1:axis] + tf.range(size)[tf.newaxis]
+      images = tf.gather(images, _reflected(index, size), axis=axis,
+                         batch_dims=1)
   return images
+
+
+def _reflected(index: tf.Tensor, size) -> tf.Tensor:
+  """The pixel that position `index` (in [-size + 1, 2 * size - 2]) of an
+  axis of `size` pixels padded by reflection shows: -1 -> 1, size -> size - 2
+  (the border pixel is not repeated, as tf.pad's "REFLECT")."""
+  return (size - 1) - tf.abs((size - 1) - tf.abs(index))

@@ -39,17 +39,17 @@ never padded and have static shapes.
 
 The dataset is endless (take what you need). Reproducibility: the seed fixes
 the sequence of episode descriptions, the records each episode uses and
-their augmentation; iterating the dataset again restarts the sequence. Records are read from the
-local (or mounted) file system.
+their augmentation; iterating the dataset again restarts the sequence.
+Records are read from the local (or mounted) file system.
 
 Errors and exit
 ---------------
 A Python generator (`tf.data.Dataset.from_generator`) reads and decodes each
-episode (or batch), so a bad record or an image that does not decode raises DataError
-there, naming the file, class and record. The generator then ends with an
-episode that carries the message, which the pipeline raises as an OpError
-(an exception leaving the generator would have TensorFlow print its Python
-traceback); `user_error(op_error)` returns the DataError itself.
+episode (or batch), so a bad record or an image that does not decode raises
+DataError there, naming the file, class and record. The generator then ends
+with an episode that carries the message, which the pipeline raises as an
+OpError (an exception leaving the generator would have TensorFlow print its
+Python traceback); `user_error(op_error)` returns the DataError itself.
 
 TensorFlow runs the generator on its own threads. An iterator still alive
 when the interpreter shuts down (e.g. held by the traceback of the error that
@@ -338,48 +338,48 @@ class EpisodeStream:
 
     The episode dict has the keys of the module docstring plus
     `augment_seed` (int64 [2, 2]: the support and query sets' seeds); its
-    images are decoded (float32 in [-1, 1], or the "fast" decoding's uint8),
-    not augmented, and unpadded (its labels and class ids are padded).
+    images are tensors, decoded (float32 in [-1, 1], or the "fast" decoding's
+    uint8), not augmented, and unpadded (its labels and class ids, numpy
+    arrays, are padded).
 
     Raises:
       DataError: naming the record of a bad or undecodable image.
     """
     for index, description in enumerate(self.descriptions(start), start):
       record_rng = self._episode_rngs(index)[1]
-      images, origins = [], []
+      images = {"support": [], "query": []}
+      origins = {"support": [], "query": []}
       for class_id, shots, queries in zip(description.class_ids,
                                           description.num_support,
                                           description.num_query):
         n = self.records.num_records(class_id)
         chosen = record_rng.choice(n, shots + queries, replace=False)
-        images.extend(self.records.read_images(class_id, chosen))
-        origins.extend((class_id, int(i)) for i in chosen)
-      decoded = self.decoder(images, lambda k: self.records.where(*origins[k]))
-      episode = self._episode(description, decoded)
+        for name, part in (("support", chosen[:shots]),
+                           ("query", chosen[shots:])):
+          images[name].extend(self.records.read_images(class_id, part))
+          origins[name].extend((class_id, int(i)) for i in part)
+      where = origins["support"] + origins["query"]
+      decoded = self.decoder(images["support"] + images["query"],
+                             lambda k: self.records.where(*where[k]))
+      episode = self._episode(description, decoded[:len(images["support"])],
+                              decoded[len(images["support"]):])
       episode["augment_seed"] = _augmentation_seeds(
           _seeds(self.seed, index)[2], 2)
       yield description, episode
 
   def _episode(self, description: sampler_lib.EpisodeDescription,
-               decoded: np.ndarray) -> Dict[str, np.ndarray]:
-    """The episode of `description` from its decoded images: each class's
-    support images then its queries, class after class."""
+               support: np.ndarray, query: np.ndarray) -> Dict[str, np.ndarray]:
+    """The episode of `description` from its decoded support and query images
+    (each set class after class, label 0 first)."""
     maximum = dict(zip(("support", "query"), self.episode_config.max_sizes()))
-    sets = {"support": ([], []), "query": ([], [])}
-    start = 0
-    for label, (class_id, shots, queries) in enumerate(zip(
-        description.class_ids, description.num_support,
-        description.num_query)):
-      for name, count in (("support", shots), ("query", queries)):
-        sets[name][0].append(decoded[start:start + count])
-        sets[name][1].extend([(label, class_id)] * count)
-        start += count
     episode = {"way": np.int32(description.way)}
-    for name, (images, labels) in sets.items():
-      size = padded_size(len(labels), maximum[name], self.padding)
+    for name, images, counts in (("support", support, description.num_support),
+                                 ("query", query, description.num_query)):
+      size = padded_size(len(images), maximum[name], self.padding)
       ids = np.full((size, 2), -1, np.int32)
-      ids[:len(labels)] = labels
-      episode[f"{name}_images"] = np.concatenate(images)
+      ids[:len(images), 0] = np.repeat(np.arange(description.way), counts)
+      ids[:len(images), 1] = np.repeat(description.class_ids, counts)
+      episode[f"{name}_images"] = images
       episode[f"{name}_labels"] = ids[:, 0]
       episode[f"{name}_class_ids"] = ids[:, 1]
     return episode
@@ -504,8 +504,8 @@ class BatchStream:
     return items
 
   def decoded_batches(self, start: int = 0) -> Iterator[Dict[str, np.ndarray]]:
-    """Batches from batch `start`: {"images": decoded, not augmented,
-    "labels": int32 [batch_size], "augment_seed": int64 [2]}.
+    """Batches from batch `start`: {"images": a tensor, decoded, not
+    augmented, "labels": int32 [batch_size], "augment_seed": int64 [2]}.
 
     Raises:
       DataError: naming the record of a bad or undecodable image.

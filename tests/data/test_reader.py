@@ -19,7 +19,7 @@ def source(tmp_path):
 
 
 def decode_all(images, height=8):
-  return reader_lib.ImageDecoder(height)(images)
+  return reader_lib.ImageDecoder(height)(images).numpy()
 
 
 def test_index_matches_tensorflow_reader(source):
