@@ -1,16 +1,27 @@
-"""Episodes per second of the data pipeline, from records on disk.
+"""Episodes (and batches) per second of the data pipelines, from records on disk.
 
     python benchmarks/episode_pipeline.py [--records_root_dir=R --source=S]
+        [--groups=checksums,decoding,augmentation,size,batch]
 
 Without --records_root_dir it first writes a synthetic source (JPEG images of
 --image_size pixels, --num_classes classes of --images_per_class images) to a
-temporary directory. It then times two settings on the TRAIN split, after
---warmup episodes: fixed 5-way 1-shot 15-query episodes, and variable way and
-shot (Meta-Dataset's defaults, bucket padding), each with the records' data
-checksums verified (DataConfig.verify_checksums, the default) and not. The two
-are timed in turn --repeats times (the machine's load drifts less between
-them) and each row is the median run by episodes/s. Prints a markdown table,
-and what the checksum of one record costs alone.
+temporary directory. Each group compares settings on the TRAIN split, each
+timed for --seconds after --warmup episodes (batches); the settings of a
+group are timed in turn --repeats times (the machine's load drifts less
+between them) and each row is the median run by images/s:
+  checksums     the records' data checksums verified or not
+                (DataConfig.verify_checksums), fixed 5-way 1-shot 15-query and
+                variable way/shot episodes (Meta-Dataset's defaults)
+  decoding      DataConfig.image_decoding "upstream" (bit-identical to
+                upstream's decoder, float32 episodes) and "fast" (uint8),
+                variable episodes at --image_height
+  augmentation  variable episodes without and with data augmentation
+                (support: jitter 8 px and noise 0.1; query: noise 0.1)
+  size          variable episodes at --image_height and at 126 px (the tuned
+                configs' size)
+  batch         the batch pipeline of batch training: batches of 256 images,
+                plain and augmented as the support set above
+Prints markdown tables with the load average before and after.
 """
 
 import io
@@ -23,6 +34,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from meta_dataset_ext.data import augmentation as augmentation_lib
 from meta_dataset_ext.data import pipeline
 from meta_dataset_ext.data import reader
 from meta_dataset_ext.data import spec as spec_lib
@@ -38,9 +50,16 @@ flags.DEFINE_integer("image_height", 84, "DataConfig.image_height.")
 flags.DEFINE_integer("image_size", 84, "Synthetic images' size in pixels.")
 flags.DEFINE_integer("num_classes", 100, "Synthetic source: classes.")
 flags.DEFINE_integer("images_per_class", 120, "Synthetic source: images.")
-flags.DEFINE_integer("warmup", 20, "Episodes read before timing.")
+flags.DEFINE_integer("warmup", 20, "Episodes (batches) read before timing.")
 flags.DEFINE_float("seconds", 20.0, "Time each setting for about this long.")
 flags.DEFINE_integer("repeats", 3, "Timings of each setting (median shown).")
+flags.DEFINE_list("groups", ["checksums", "decoding", "augmentation", "size", "batch"],
+                  "Groups of settings to compare (module docstring).")
+
+JITTER_AND_NOISE = augmentation_lib.DataAugmentation(True, 8, True, 0.1)
+NOISE = augmentation_lib.DataAugmentation(enable_gaussian_noise=True,
+                                          gaussian_noise_std=0.1)
+VARIABLE = EpisodeDescriptionConfig()
 
 
 def synthetic_jpeg(rng: np.random.Generator, size: int) -> bytes:
@@ -63,44 +82,69 @@ def write_synthetic_source(root: str) -> None:
   writer.write_source(root, layout, examples)
 
 
-def time_setting(root: str, config: EpisodeDescriptionConfig,
-                 verify_checksums: bool):
-  """Episodes/s, images/s, mean support and query sizes, CPU cores used."""
-  data_config = pipeline.DataConfig(image_height=FLAGS.image_height,
-                                    verify_checksums=verify_checksums)
-  iterator = iter(pipeline.make_episode_dataset(
-      root, FLAGS.source, "TRAIN", config, data_config, seed=0))
+def setting(name, episodes=VARIABLE, augmentation=None, batch=False, **data):
+  """One timed setting: `episodes` (or batches of 256 if `batch`), DataConfig
+  options `data`, the augmentation of the support set (of batches) and, for
+  episodes with jitter, noise on the query set."""
+  data.setdefault("image_height", FLAGS.image_height)
+  return dict(name=name, episodes=episodes, augmentation=augmentation,
+              batch=batch, data=data)
+
+
+def groups():
+  return {
+      "checksums": [
+          setting(f"5-way 1-shot 15-query, checksums {v}",
+                  EpisodeDescriptionConfig.fixed(5, 1, 15),
+                  verify_checksums=v == "verified")
+          for v in ("verified", "not verified")] + [
+              setting(f"variable way/shot, checksums {v}",
+                      verify_checksums=v == "verified")
+              for v in ("verified", "not verified")],
+      "decoding": [setting(f"variable way/shot, {d} decoding", image_decoding=d)
+                   for d in reader.IMAGE_DECODINGS],
+      "augmentation": [setting("variable way/shot, no augmentation"),
+                       setting("variable way/shot, augmented",
+                               augmentation=JITTER_AND_NOISE)],
+      "size": [setting(f"variable way/shot, {h} px", image_height=h)
+               for h in (FLAGS.image_height, 126)],
+      "batch": [setting("batches of 256", batch=True),
+                setting("batches of 256, augmented", batch=True,
+                        augmentation=JITTER_AND_NOISE)],
+  }
+
+
+def time_setting(root: str, s: dict):
+  """Items/s, images/s, mean support and query sizes (0 for batches), CPU
+  cores used."""
+  data_config = pipeline.DataConfig(**s["data"])
+  spec = spec_lib.load_dataset_spec(root, FLAGS.source)
+  if s["batch"]:
+    dataset = pipeline.BatchStream([spec], "TRAIN", 256, data_config, 0,
+                                   s["augmentation"]).dataset()
+  else:
+    augmentation = None
+    if s["augmentation"] is not None:
+      augmentation = {"support": s["augmentation"], "query": NOISE}
+    dataset = pipeline.EpisodeStream(spec, "TRAIN", s["episodes"], data_config,
+                                     0, augmentation=augmentation).dataset()
+  iterator = iter(dataset)
   for _ in range(FLAGS.warmup):
     next(iterator)
-  episodes = images = support = query = 0
+  items = images = support = query = 0
   start, start_cpu = time.perf_counter(), time.process_time()
   while time.perf_counter() - start < FLAGS.seconds:
-    episode = next(iterator)
-    s = int((episode["support_labels"] >= 0).numpy().sum())
-    q = int((episode["query_labels"] >= 0).numpy().sum())
-    episodes, images, support, query = (episodes + 1, images + s + q,
-                                        support + s, query + q)
+    item = next(iterator)
+    if s["batch"]:
+      n, q = int(item["labels"].shape[0]), 0
+    else:
+      n = int((item["support_labels"] >= 0).numpy().sum())
+      q = int((item["query_labels"] >= 0).numpy().sum())
+    items, images, support, query = items + 1, images + n + q, support + n, query + q
   elapsed = time.perf_counter() - start
   cores = (time.process_time() - start_cpu) / elapsed
-  return (episodes / elapsed, images / elapsed, support / episodes,
-          query / episodes, cores)
-
-
-def checksum_cost(root: str) -> str:
-  """Microseconds per record of the data checksum, on class 0's records."""
-  spec = spec_lib.load_dataset_spec(root, FLAGS.source)
-  path = spec.class_file(0)
-  index = reader.index_records(path)
-  with open(path, "rb") as f:
-    data = f.read()
-  records = [data[o:o + n] for o, n in zip(index.offsets, index.lengths)]
-  start = time.perf_counter()
-  for _ in range(100):
-    for record in records:
-      reader.masked_crc32c(record)
-  seconds = (time.perf_counter() - start) / (100 * len(records))
-  return (f"data checksum of one record: {seconds * 1e6:.2f} us (records of "
-          f"{np.mean(index.lengths) / 1024:.1f} KB on average)")
+  return (items / elapsed, images / elapsed, support / items, query / items,
+          cores)
 
 
 def _load() -> str:
@@ -114,27 +158,25 @@ def main(_):
     if root is None:
       root = tmp
       write_synthetic_source(root)
-    settings = [
-        ("5-way 1-shot 15-query", EpisodeDescriptionConfig.fixed(5, 1, 15)),
-        ("variable way/shot", EpisodeDescriptionConfig()),
-    ]
-    print(f"source {FLAGS.source!r}, image_height {FLAGS.image_height}, "
-          f"{os.cpu_count()} CPUs, load average {_load()} before")
-    print("| episodes | checksums | episodes/s | images/s | mean support "
-          "| mean query | CPU cores used |")
-    print("|---|---|---|---|---|---|---|")
-    for name, config in settings:
-      runs = {True: [], False: []}
+    print(f"source {FLAGS.source!r} ({FLAGS.image_size} px images if "
+          f"synthetic), image_height {FLAGS.image_height}, {os.cpu_count()} "
+          f"CPUs")
+    for group in FLAGS.groups:
+      settings = groups()[group]
+      print(f"\n{group}: load average {_load()} before")
+      print("| setting | episodes (batches)/s | images/s | mean support "
+            "| mean query | CPU cores used |")
+      print("|---|---|---|---|---|---|")
+      runs = [[] for _ in settings]
       for _ in range(FLAGS.repeats):
-        for verify in runs:
-          runs[verify].append(time_setting(root, config, verify))
-      for verify, timings in runs.items():
-        eps, ips, support, query, cores = sorted(timings)[len(timings) // 2]
-        print(f"| {name} | {'verified' if verify else 'not verified'} | "
-              f"{eps:.1f} | {ips:.0f} | {support:.1f} | {query:.1f} | "
-              f"{cores:.2f} |")
-    print(checksum_cost(root))
-    print(f"load average {_load()} after")
+        for timings, s in zip(runs, settings):
+          timings.append(time_setting(root, s))
+      for timings, s in zip(runs, settings):
+        rate, ips, support, query, cores = sorted(
+            timings, key=lambda t: t[1])[len(timings) // 2]
+        print(f"| {s['name']} | {rate:.2f} | {ips:.0f} | {support:.1f} | "
+              f"{query:.1f} | {cores:.2f} |")
+      print(f"load average {_load()} after")
 
 
 if __name__ == "__main__":
