@@ -3,7 +3,8 @@
 The workload of the ALFA paper's 4-CONV experiments: 5-way, 1 or 5 shots, 15 queries per
 class, 84x84x3 images, 48 filters, 5 inner steps, meta-batch 2, one compiled (tf.function)
 outer step with Adam. Each configuration runs in a fresh process so that its peak resident
-memory (ru_maxrss) is its own. ``--backbone_dtype`` adds mixed-precision rows: the backbone
+memory (ru_maxrss) is its own; besides the wall time, the CPU time of the process (both
+cores' work, less sensitive to other jobs on the machine). ``--backbone_dtype`` adds mixed-precision rows: the backbone
 computes in bfloat16 (or float16) while meta-parameters, losses and the update rule stay
 float32 (``GradientLearner(backbone_dtype=...)``; for the Keras model, its layers' dtype
 policy ``mixed_bfloat16``). ``--backbone``: the functional ``alfa_tf.Conv4`` ('conv4') and/or
@@ -12,7 +13,8 @@ the same network as a Keras Sequential (``alfa_tf.keras_backbone.conv4_model`` t
 other.
 
     python benchmarks/meta_step.py [--iterations 10] [--backbone_dtype float32 bfloat16]
-        [--backbone conv4 keras_conv4] [--json benchmarks/results/meta_step.json]
+        [--backbone conv4 keras_conv4] [--order second first] [--repeats 1]
+        [--json benchmarks/results/meta_step.json]
 """
 import argparse
 import json
@@ -61,15 +63,39 @@ def run_one(learner_name, shot, order, backbone_dtype, backbone_name, iterations
   step = tf.function(lambda batch: learner.meta_update(batch, optimizer))
   for i in range(warmup):
     step(batches[i % 3]).numpy()
-  times = []
+  times, cpu_times = [], []
   for i in range(iterations):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step(batches[i % 3]).numpy()
     times.append(time.perf_counter() - start)
+    cpu_times.append(time.process_time() - cpu_start)
   return dict(learner=learner_name, backbone=backbone_name, shot=shot, order=order,
               backbone_dtype=backbone_dtype, seconds_per_iter=round(statistics.median(times), 4),
+              cpu_seconds_per_iter=round(statistics.median(cpu_times), 4),
               peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
               tensorflow=tf.__version__, iterations=iterations)
+
+
+def run_process(learner, shot, order, dtype, backbone, args, env):
+  """The record of one configuration, timed in a fresh process."""
+  out = subprocess.run([sys.executable, __file__, '--only', learner, str(shot), order, dtype,
+                        backbone, '--iterations', str(args.iterations),
+                        '--warmup', str(args.warmup)],
+                       check=True, capture_output=True, text=True, env=env).stdout
+  record = json.loads(out.strip().splitlines()[-1])
+  print(f'done: {record}', file=sys.stderr)
+  return record
+
+
+def median_record(runs):
+  """The first run's record with the medians over ``runs`` (and, for several, each run's
+  seconds per iteration)."""
+  record = dict(runs[0])
+  for key in ('seconds_per_iter', 'cpu_seconds_per_iter', 'peak_rss_mb'):
+    record[key] = statistics.median(r[key] for r in runs)
+  if len(runs) > 1:
+    record['runs_seconds_per_iter'] = [r['seconds_per_iter'] for r in runs]
+  return record
 
 
 def main():
@@ -83,6 +109,11 @@ def main():
   parser.add_argument('--backbone', nargs='+', default=['conv4'],
                       choices=('conv4', 'keras_conv4'),
                       help='the functional Conv4 and/or the same network as a Keras model')
+  parser.add_argument('--order', nargs='+', default=['second', 'first'],
+                      choices=('second', 'first'), help='the meta-gradients measured')
+  parser.add_argument('--repeats', type=int, default=1,
+                      help='runs of each configuration, the backbones alternating; the table '
+                           'shows their medians (for a machine shared with other jobs)')
   parser.add_argument('--json', help='also write the records to this JSON file')
   parser.add_argument('--only', nargs=5,
                       metavar=('LEARNER', 'SHOT', 'ORDER', 'DTYPE', 'BACKBONE'),
@@ -93,41 +124,42 @@ def main():
     print(json.dumps(run_one(learner, int(shot), order, dtype, backbone, args.iterations,
                              args.warmup)))
     return
-  records = []
+  configs = [c for c in CONFIGS if c[2] in args.order]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  records = []
   for dtype in args.backbone_dtype:
-    for learner, shot, order in CONFIGS:
-      for backbone in args.backbone:
-        out = subprocess.run([sys.executable, __file__, '--only', learner, str(shot), order,
-                              dtype, backbone, '--iterations', str(args.iterations),
-                              '--warmup', str(args.warmup)],
-                             check=True, capture_output=True, text=True, env=env).stdout
-        records.append(json.loads(out.strip().splitlines()[-1]))
-        print(f'done: {records[-1]}', file=sys.stderr)
+    for learner, shot, order in configs:
+      runs = {backbone: [] for backbone in args.backbone}
+      for _ in range(args.repeats):  # Alternating, so that both see the same machine load.
+        for backbone in args.backbone:
+          runs[backbone].append(run_process(learner, shot, order, dtype, backbone, args, env))
+      records += [median_record(runs[backbone]) for backbone in args.backbone]
   print(f'{"learner":10s} {"backbone":>11s} {"dtype":>8s} {"shot":>4s} {"order":>6s} '
-        f'{"s/iter":>8s} {"peak RSS MB":>12s}')
+        f'{"s/iter":>8s} {"CPU s/iter":>10s} {"peak RSS MB":>12s}')
   for r in records:
     print(f'{r["learner"]:10s} {r["backbone"]:>11s} {r["backbone_dtype"]:>8s} {r["shot"]:4d} '
-          f'{r["order"]:>6s} {r["seconds_per_iter"]:8.3f} {r["peak_rss_mb"]:12.0f}')
+          f'{r["order"]:>6s} {r["seconds_per_iter"]:8.3f} {r["cpu_seconds_per_iter"]:10.3f} '
+          f'{r["peak_rss_mb"]:12.0f}')
   by_key = {(r['learner'], r['backbone'], r['backbone_dtype'], r['shot'], r['order']): r
             for r in records}
   for backbone in args.backbone:
     for dtype in args.backbone_dtype:
       for shot in (1, 5):
-        for order in ('second', 'first'):
+        for order in args.order:
           ratio = (by_key[('alfa_maml', backbone, dtype, shot, order)]['seconds_per_iter'] /
                    by_key[('maml', backbone, dtype, shot, order)]['seconds_per_iter'])
           print(f'ALFA overhead, {backbone} {dtype}, {shot}-shot {order}-order: '
                 f'{100 * (ratio - 1):+.1f}%')
   if 'keras_conv4' in args.backbone and 'conv4' in args.backbone:
     for dtype in args.backbone_dtype:
-      for learner, shot, order in CONFIGS:
+      for learner, shot, order in configs:
         keras_record = by_key[(learner, 'keras_conv4', dtype, shot, order)]
         functional = by_key[(learner, 'conv4', dtype, shot, order)]
+        change = {key: 100 * (keras_record[key] / functional[key] - 1)
+                  for key in ('seconds_per_iter', 'cpu_seconds_per_iter', 'peak_rss_mb')}
         print(f'Keras Conv4 vs Conv4, {learner} {dtype} {shot}-shot {order}-order: time '
-              f'{100 * (keras_record["seconds_per_iter"] / functional["seconds_per_iter"] - 1):+.1f}%'
-              f', memory '
-              f'{100 * (keras_record["peak_rss_mb"] / functional["peak_rss_mb"] - 1):+.1f}%')
+              f'{change["seconds_per_iter"]:+.1f}%, CPU time '
+              f'{change["cpu_seconds_per_iter"]:+.1f}%, memory {change["peak_rss_mb"]:+.1f}%')
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(records, f, indent=1)
