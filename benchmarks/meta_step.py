@@ -4,13 +4,14 @@ The workload of the ALFA paper's 4-CONV experiments: 5-way, 1 or 5 shots, 15 que
 class, 84x84x3 images, 48 filters, 5 inner steps, meta-batch 2, one compiled (tf.function)
 outer step with Adam. Each configuration runs in a fresh process so that its peak resident
 memory (ru_maxrss) is its own; besides the wall time, the CPU time of the process (both
-cores' work, less sensitive to other jobs on the machine). ``--backbone_dtype`` adds mixed-precision rows: the backbone
-computes in bfloat16 (or float16) while meta-parameters, losses and the update rule stay
+cores' work, less sensitive to other jobs on the machine). ``--backbone_dtype`` adds
+mixed-precision rows: the backbone computes in bfloat16 (or float16) while meta-parameters, losses and the update rule stay
 float32 (``GradientLearner(backbone_dtype=...)``; for the Keras model, its layers' dtype
 policy ``mixed_bfloat16``). ``--backbone``: the functional ``alfa_tf.Conv4`` ('conv4') and/or
 the same network as a Keras Sequential (``alfa_tf.keras_backbone.conv4_model`` through
 ``alfa_tf.KerasBackbone``: 'keras_conv4'), each configuration of the two run one after the
-other.
+other; with ``--repeats`` rounds, their difference is the median over rounds of the ratio
+within a round.
 
     python benchmarks/meta_step.py [--iterations 10] [--backbone_dtype float32 bfloat16]
         [--backbone conv4 keras_conv4] [--order second first] [--repeats 1]
@@ -95,7 +96,18 @@ def median_record(runs):
     record[key] = statistics.median(r[key] for r in runs)
   if len(runs) > 1:
     record['runs_seconds_per_iter'] = [r['seconds_per_iter'] for r in runs]
+    record['runs_cpu_seconds_per_iter'] = [r['cpu_seconds_per_iter'] for r in runs]
   return record
+
+
+def paired_change(record, baseline, key):
+  """The median over rounds of record/baseline - 1 (in %), the two timed one after the other
+  in each round, so that a change of the machine's load between rounds cancels; with one
+  round, the ratio of the two."""
+  runs = f'runs_{key}'
+  pairs = (zip(record[runs], baseline[runs]) if runs in record else
+           [(record[key], baseline[key])])
+  return 100 * (statistics.median(a / b for a, b in pairs) - 1)
 
 
 def main():
@@ -155,8 +167,9 @@ def main():
       for learner, shot, order in configs:
         keras_record = by_key[(learner, 'keras_conv4', dtype, shot, order)]
         functional = by_key[(learner, 'conv4', dtype, shot, order)]
-        change = {key: 100 * (keras_record[key] / functional[key] - 1)
-                  for key in ('seconds_per_iter', 'cpu_seconds_per_iter', 'peak_rss_mb')}
+        change = {key: paired_change(keras_record, functional, key)
+                  for key in ('seconds_per_iter', 'cpu_seconds_per_iter')}
+        change['peak_rss_mb'] = 100 * (keras_record['peak_rss_mb'] / functional['peak_rss_mb'] - 1)
         print(f'Keras Conv4 vs Conv4, {learner} {dtype} {shot}-shot {order}-order: time '
               f'{change["seconds_per_iter"]:+.1f}%, CPU time '
               f'{change["cpu_seconds_per_iter"]:+.1f}%, memory {change["peak_rss_mb"]:+.1f}%')
