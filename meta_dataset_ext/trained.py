@@ -174,10 +174,9 @@ def _build_learner(run_dir: str):
   train_episodes = (_trainer_value('train_episode_config') or
                     sampler_lib.EpisodeDescriptionConfig())
   eval_episodes = _trainer_value('eval_episode_config') or train_episodes
-  height = data_config.image_height
-  arguments = dict(is_training=False,
-                   logit_dim=max(train_episodes.max_ways, eval_episodes.max_ways),
-                   input_shape=(height, height, 3), loss='cross_entropy',
+  task_format = trainer_lib.episodic_task_format(data_config, train_episodes, eval_episodes)
+  arguments = dict(is_training=False, logit_dim=task_format.logit_dim,
+                   input_shape=task_format.input_shape, loss=task_format.loss,
                    seed=_trainer_value('seed', 0),
                    backbone_dtype=_trainer_value('compute_dtype'))
   return factory, arguments, data_config

@@ -131,6 +131,16 @@ def _episode_signature(image_height: int):
           'query_labels': labels, 'way': tf.TensorSpec([], tf.int32)}
 
 
+def episodic_task_format(data_config, train_episode_config, eval_episode_config) -> TaskFormat:
+  """The task format of an episodic learner on records sources: images of
+  DataConfig.image_height, up to the largest way of training and evaluation episodes (also
+  what ``trained`` rebuilds a run's learner with)."""
+  height = data_config.image_height
+  return TaskFormat((height, height, 3),
+                    max(train_episode_config.max_ways, eval_episode_config.max_ways),
+                    'cross_entropy', _episode_signature(height))
+
+
 def _source_list(binding: str, value) -> List[str]:
   if isinstance(value, str):
     value = value.split(',')
@@ -350,14 +360,13 @@ class Trainer:
       raise errors.ConfigError('A batch learner (Trainer.train_learner_class) trains on records '
                                f'sources, not on synthetic ones: {self.train_sources}.')
     if not any(synthetic):
-      height = self.data_config.image_height
-      logit_dim = max(self.train_episode_config.max_ways, self.eval_episode_config.max_ways)
+      task_format = episodic_task_format(self.data_config, self.train_episode_config,
+                                         self.eval_episode_config)
       if self.batch_mode:
         self._check_records_root()
-        logit_dim = sum(len(self._spec(s).get_classes(spec_lib.Split.TRAIN))
-                        for s in self.train_sources)
-      return TaskFormat((height, height, 3), logit_dim, 'cross_entropy',
-                        _episode_signature(height))
+        task_format = dataclasses.replace(task_format, logit_dim=sum(
+            len(self._spec(s).get_classes(spec_lib.Split.TRAIN)) for s in self.train_sources))
+      return task_format
     if not all(synthetic) or len({type(t) for t in synthetic}) > 1:
       raise errors.ConfigError('Records sources and synthetic sources (or different '
                                f'synthetic ones) cannot be mixed: {self._sources_read()}.')
