@@ -86,13 +86,29 @@ def batch_norm(x, scale, offset, eps, moments=None, collect_moments=True):
 
   Mean and *biased* variance over every axis but the last (the reference's
   ``F.batch_norm(training=True)``). Returns the output and the (mean, variance) used, or
-  None for them when ``collect_moments`` is False: then float32/16 inputs take TensorFlow's
-  fused kernels, with the closed-form second derivative of ``second_order_ops``.
+  None for them when ``collect_moments`` is False. Float32/16 feature maps take TensorFlow's
+  fused kernels (``second_order_ops``): without moments, with the closed-form second
+  derivative; collecting or given moments (the query set normalised with the support set's),
+  with first derivatives through the moments. Float64 (and other ranks) use explicit ops,
+  differentiable to any order.
   """
-  if moments is None and not collect_moments and x.dtype != tf.float64 and x.shape.rank == 4:
-    # The fused kernel takes float32 scale and offset for float16/bfloat16 inputs.
-    return second_order_ops.batch_norm_train(x, tf.cast(scale, tf.float32),
-                                             tf.cast(offset, tf.float32), eps), None
+  if x.dtype != tf.float64 and x.shape.rank == 4:
+    # The fused kernels take float32 scale, offset and moments for float16/bfloat16 inputs.
+    scale, offset = tf.cast(scale, tf.float32), tf.cast(offset, tf.float32)
+    if moments is not None:
+      mean, variance = (tf.cast(m, tf.float32) for m in moments)
+      return second_order_ops.batch_norm_given_moments(x, mean, variance, scale, offset,
+                                                       eps), moments
+    if not collect_moments:
+      return second_order_ops.batch_norm_train(x, scale, offset, eps), None
+    y, mean, variance = second_order_ops.batch_norm_moments(x, scale, offset, eps)
+    return y, (mean, variance)
+  return explicit_batch_norm(x, scale, offset, eps, moments)
+
+
+def explicit_batch_norm(x, scale, offset, eps, moments=None):
+  """``batch_norm`` as explicit ops (any dtype and rank, derivatives of any order):
+  (output, (mean, variance) used)."""
   if moments is None:
     # Not tf.nn.moments: it stops the gradient through the mean inside the variance, which
     # is exact for first derivatives only and breaks second-order meta-gradients.

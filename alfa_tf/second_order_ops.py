@@ -1,14 +1,22 @@
-"""BatchNorm and max pooling with their second derivatives written in closed form.
+"""BatchNorm and max pooling on TensorFlow's fused kernels, with the derivatives a meta-gradient
+needs.
 
 A second-order meta-gradient differentiates the inner loop's gradient computation, so it
 needs the derivative of every backward op. For the fused BatchNorm gradient TensorFlow
 re-derives the gradient with explicit ops and differentiates those (dozens of elementwise ops
 and reductions over the full feature map), and for max pooling it runs a generic
 MaxPoolGradGrad kernel. After the convolutions these were the largest costs of a second-order
-ALFA step (benchmarks/results/meta_step.md). The functions here give the same values and the
-same first derivatives as ``tf.nn.fused_batch_norm`` / ``tf.nn.max_pool2d`` (they call the same
-kernels), and compute the second derivatives with TensorFlow's fused kernels and a handful of
-elementwise ops.
+ALFA step (benchmarks/results/meta_step.md). ``batch_norm_train`` and ``max_pool`` give the
+same values and the same first derivatives as ``tf.nn.fused_batch_norm`` / ``tf.nn.max_pool2d``
+(they call the same kernels), and compute the second derivatives with TensorFlow's fused
+kernels and a handful of elementwise ops.
+
+``batch_norm_moments`` and ``batch_norm_given_moments`` serve upstream Meta-Dataset's query
+BatchNorm (the query set normalised with the support set's moments at theta_{i,S}): that pass
+runs after the inner loop, so a meta-gradient of any order differentiates it once. They give
+its first derivatives, moments included, on the fused kernels (a quarter of the passes over
+the feature maps that the explicit formula takes) and refuse a second differentiation
+(``tf.raw_ops.PreventGradient``) rather than return an incomplete one.
 """
 import tensorflow as tf
 
@@ -101,6 +109,80 @@ def _batch_norm_backward(eps):
     return (dx, sum_g_xhat, sum_g), second_derivative
 
   return backward
+
+
+def batch_norm_moments(x, scale, offset, eps):
+  """BatchNorm of an NHWC tensor with its own batch statistics, and those statistics:
+  (y, mean, variance), the variance biased, mean and variance float32 [channels].
+
+  The moments are outputs that a gradient flows back through (upstream's
+  ``backprop_through_moments``): for cotangents (g, c_mean, c_var) of (y, mean, variance),
+
+      dx = FusedBatchNormGrad(g) + c_mean / N + 2 c_var (x - mean) / N,
+
+  dscale and doffset are the fused op's. First derivatives only (see the module docstring).
+
+  Args: as ``batch_norm_train``.
+  """
+  empty = tf.constant([], tf.float32)
+
+  @tf.custom_gradient
+  def forward(x, scale, offset):
+    y, mean, unbiased_var, *reserve = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=eps,
+        exponential_avg_factor=1.0, data_format='NHWC', is_training=True)
+    n = _elements_per_channel(x)
+    variance = tf.where(n > 1.0, unbiased_var * ((n - 1.0) / n), tf.zeros_like(unbiased_var))
+
+    def first_derivative(g, c_mean, c_var):
+      dx, dscale, doffset = _fused_batch_norm_grad(g, x, scale, reserve, eps)
+      c_mean = tf.zeros_like(mean) if c_mean is None else c_mean
+      c_var = tf.zeros_like(mean) if c_var is None else c_var
+      slope = 2.0 * c_var / n
+      dx += tf.cast(tf.cast(x, tf.float32) * slope + (c_mean / n - slope * mean), dx.dtype)
+      return _once(dx, dscale, doffset)
+    return (y, mean, variance), first_derivative
+
+  return forward(x, scale, offset)
+
+
+def batch_norm_given_moments(x, mean, variance, scale, offset, eps):
+  """y = scale (x - mean) / sqrt(variance + eps) + offset for an NHWC tensor and given
+  per-channel float32 ``mean`` and ``variance`` (the fused kernel's inference mode).
+
+  Derivatives, for the output cotangent g and inv = 1 / sqrt(variance + eps): dx, dscale =
+  sum(g x_hat) and doffset = sum(g) from the fused backward op, and
+
+      d/dmean = -scale inv doffset,    d/dvariance = -scale inv^2 dscale / 2.
+
+  First derivatives only (see the module docstring).
+  """
+
+  @tf.custom_gradient
+  def forward(x, mean, variance, scale, offset):
+    y, _, _, _, _, reserve_3 = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=scale, offset=offset, mean=mean, variance=variance, epsilon=eps,
+        exponential_avg_factor=1.0, data_format='NHWC', is_training=False)
+
+    def first_derivative(g):
+      dx, dscale, doffset = tf.raw_ops.FusedBatchNormGradV3(
+          y_backprop=g, x=x, scale=scale, reserve_space_1=mean, reserve_space_2=variance,
+          reserve_space_3=reserve_3, epsilon=eps, data_format='NHWC', is_training=False)[:3]
+      inv = tf.math.rsqrt(variance + eps)
+      return _once(dx, -scale * inv * doffset, -0.5 * scale * inv * inv * dscale, dscale,
+                   doffset)
+    return y, first_derivative
+
+  return forward(x, mean, variance, scale, offset)
+
+
+def _once(*grads):
+  """The gradients, marked so that differentiating them raises instead of giving an
+  incomplete second derivative."""
+  return tuple(tf.raw_ops.PreventGradient(input=g, message=(
+      'The BatchNorm of the query set with the support set\'s moments has first derivatives '
+      'only (the meta-gradient needs no more). For higher derivatives use float64, where '
+      'BatchNorm runs as explicit ops.')) for g in grads)
 
 
 def _elements_per_channel(x):

@@ -192,22 +192,25 @@ def test_graph_mode_meta_training_step(l2f):
       assert np.isfinite(first) and session.run(loss) != first
 
 
+@pytest.mark.parametrize('query_bn', ['own', 'support'])
 @pytest.mark.parametrize('first_order', [False, True])
-def test_fused_float32_batch_norm_matches_the_explicit_formula(first_order, monkeypatch):
-  """float32 BatchNorm takes the fused kernel; its values and (second-order) meta-gradients
-  agree with the explicit formula that float64 and the golden tests use."""
+def test_fused_float32_batch_norm_matches_the_explicit_formula(first_order, query_bn,
+                                                               monkeypatch):
+  """float32 BatchNorm takes the fused kernels; its values and (second-order) meta-gradients
+  agree with the explicit formula that float64 and the golden tests use, also when the query
+  set is normalised with the support set's moments (first derivatives through them)."""
   from alfa_tf import backbones
   batch = [make_episode(0), make_episode(1)]
 
   def meta_gradients():
     learner = alfa_tf.ALFALearner(small_backbone(), 3, SHAPE, num_steps=2, seed=0,
-                                  first_order=first_order)
+                                  first_order=first_order, query_bn=query_bn)
     return learner.meta_gradients(batch)
 
   loss_fused, grads_fused = meta_gradients()
-  explicit = backbones.batch_norm
   monkeypatch.setattr(backbones, 'batch_norm',
-                      lambda x, s, o, e, m=None, c=True: explicit(x, s, o, e, m, True))
+                      lambda x, s, o, e, m=None, c=True: backbones.explicit_batch_norm(
+                          x, s, o, e, m))
   loss_explicit, grads_explicit = meta_gradients()
   np.testing.assert_allclose(float(loss_fused), float(loss_explicit), rtol=1e-5)
   for a, b in zip(grads_fused, grads_explicit):

@@ -11,7 +11,7 @@ EPS = 1e-5
 
 
 def explicit_batch_norm(x, scale, offset, eps):
-  return backbones.batch_norm(x, scale, offset, eps, collect_moments=True)[0]
+  return backbones.explicit_batch_norm(x, scale, offset, eps)[0]
 
 
 def derivatives(batch_norm, x, scale, offset, param_cotangents, dtype):
@@ -105,6 +105,90 @@ def test_batch_norm_second_derivative_in_half_precision(dtype):
   for a, b in zip(half, full):
     cosine = np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)
     assert cosine > 0.99
+
+
+def moments_derivatives(support, query, scale, offset, dtype):
+  """Support BatchNorm with its own moments, the query set normalised with them (upstream's
+  query BatchNorm), and the gradient of a loss of both outputs, as float64 arrays: the
+  values, the moments, and the derivatives for x_support, x_query, scale and offset."""
+  param_dtype = tf.float64 if dtype == tf.float64 else tf.float32
+  rng = np.random.default_rng(5)
+  w_support = tf.constant(rng.normal(size=support.shape), dtype)
+  w_query = tf.constant(rng.normal(size=query.shape), dtype)
+  support, query = tf.cast(support, dtype), tf.cast(query, dtype)
+  scale, offset = tf.cast(scale, param_dtype), tf.cast(offset, param_dtype)
+  with tf.GradientTape() as tape:
+    tape.watch([support, query, scale, offset])
+    y, moments = backbones.batch_norm(support, scale, offset, EPS, collect_moments=True)
+    y_query, _ = backbones.batch_norm(query, scale, offset, EPS, moments=moments)
+    loss = tf.reduce_sum(tf.cast(w_support * y * y, param_dtype)) + tf.reduce_sum(
+        tf.cast(w_query * y_query * y_query, param_dtype))
+  grads = tape.gradient(loss, [support, query, scale, offset])
+  return [tf.cast(t, tf.float64).numpy() for t in [y, y_query, *moments, *grads]]
+
+
+@pytest.mark.parametrize('shape', [(6, 5, 5, 4), (2, 1, 1, 3), (1, 3, 2, 2)])
+def test_fused_batch_norm_with_moments_matches_explicit_float64(shape):
+  """The fused path of the support set's moments and the query set normalised with them:
+  values, moments and first derivatives (through the moments too) equal the explicit
+  formula's."""
+  support, scale, offset = inputs(shape, seed=3)
+  query = np.random.default_rng(4).normal(0.5, 1.5, (5,) + shape[1:])
+  ours = moments_derivatives(support, query, scale, offset, tf.float32)
+  reference = moments_derivatives(support, query, scale, offset, tf.float64)
+  for name, a, b in zip(['y', 'y_query', 'mean', 'variance', 'dx_support', 'dx_query',
+                         'dscale', 'doffset'], ours, reference):
+    assert np.max(np.abs(a - b)) <= 1e-5 * (np.max(np.abs(b)) + 1e-30), name
+
+
+@pytest.mark.parametrize('jit_compile', [False, True])
+def test_fused_batch_norm_with_moments_compiled(jit_compile):
+  """Inside tf.function and compiled by XLA: the explicit formula's gradients."""
+  support, scale, offset = inputs((4, 6, 6, 3), seed=5)
+  query = np.random.default_rng(6).normal(size=(3, 6, 6, 3))
+  support_t, query_t = tf.constant(support, tf.float32), tf.constant(query, tf.float32)
+  scale_t, offset_t = tf.constant(scale, tf.float32), tf.constant(offset, tf.float32)
+
+  @tf.function(jit_compile=jit_compile)
+  def gradients():
+    with tf.GradientTape() as tape:
+      tape.watch([support_t, query_t, scale_t, offset_t])
+      _, moments = backbones.batch_norm(support_t, scale_t, offset_t, EPS,
+                                        collect_moments=True)
+      y_query, _ = backbones.batch_norm(query_t, scale_t, offset_t, EPS, moments=moments)
+      loss = tf.reduce_sum(y_query * y_query * tf.range(3, dtype=tf.float32))
+    return tape.gradient(loss, [support_t, query_t, scale_t, offset_t])
+
+  def explicit():
+    cast = lambda t: tf.cast(t, tf.float64)
+    with tf.GradientTape() as tape:
+      ts = [cast(support_t), cast(query_t), cast(scale_t), cast(offset_t)]
+      tape.watch(ts)
+      _, moments = backbones.explicit_batch_norm(ts[0], ts[2], ts[3], EPS)
+      y_query, _ = backbones.explicit_batch_norm(ts[1], ts[2], ts[3], EPS, moments)
+      loss = tf.reduce_sum(y_query * y_query * tf.range(3, dtype=tf.float64))
+    return tape.gradient(loss, ts)
+
+  for a, b in zip(gradients(), explicit()):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
+                               atol=1e-5 * np.max(np.abs(b.numpy())))
+
+
+def test_fused_batch_norm_with_moments_refuses_a_second_derivative():
+  """Differentiating its gradient raises (naming what to do) instead of returning a second
+  derivative without the moments' terms."""
+  support, scale, offset = (tf.constant(t, tf.float32) for t in inputs((4, 3, 3, 2)))
+  query = tf.constant(np.random.default_rng(8).normal(size=(2, 3, 3, 2)), tf.float32)
+  with tf.GradientTape() as outer:
+    outer.watch(support)
+    with tf.GradientTape() as inner:
+      inner.watch(support)
+      _, moments = backbones.batch_norm(support, scale, offset, EPS, collect_moments=True)
+      y_query, _ = backbones.batch_norm(query, scale, offset, EPS, moments=moments)
+      loss = tf.reduce_sum(y_query ** 2)
+    meta = tf.reduce_sum(inner.gradient(loss, support) ** 2)
+  with pytest.raises(LookupError, match='first derivatives only'):
+    outer.gradient(meta, support)
 
 
 def pool_derivatives(pool, x, a, dy):
