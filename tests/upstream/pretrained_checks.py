@@ -61,9 +61,11 @@ def check_backbones_compute_upstreams_embeddings():
     assert not values, (kind, sorted(values))  # Every upstream variable has its parameter.
     features, moments = backbone(params, tf.constant(support), collect_moments=True)
     query_features, _ = backbone(params, tf.constant(query), moments)
+    # Float32 round-off: upstream's moments are explicit ops (tf.nn.moments), ours the fused
+    # kernel's, and their differences grow with depth (1.6e-5 after ResNet-34's 36 layers).
     for got, want in ((features, expected_support), (query_features, expected_query)):
       scale = np.abs(want).max()
-      assert np.abs(got.numpy() - want).max() <= 1e-5 * scale, (kind, size)
+      assert np.abs(got.numpy() - want).max() <= 5e-5 * scale, (kind, size)
 
 
 def check_write_upstream_checkpoint(kind, image_size, path):
