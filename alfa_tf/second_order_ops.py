@@ -50,16 +50,10 @@ def batch_norm_train(x, scale, offset, eps):
     scale, offset: [channels] float32 (BatchNorm gamma and beta).
     eps: added to the variance.
   """
-  empty = tf.constant([], tf.float32)
 
   @tf.custom_gradient
   def forward(x, scale, offset):
-    y, mean, unbiased_var, *reserve = tf.raw_ops.FusedBatchNormV3(
-        x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=eps,
-        exponential_avg_factor=1.0, data_format='NHWC', is_training=True)
-    # The op normalises with the biased variance and returns the unbiased one.
-    n = _elements_per_channel(x)
-    variance = tf.where(n > 1.0, unbiased_var * ((n - 1.0) / n), tf.zeros_like(unbiased_var))
+    y, mean, variance, reserve = _fused_batch_norm(x, scale, offset, eps)
     inv_sigma = tf.math.rsqrt(variance + eps)
 
     def first_derivative(g):
@@ -124,18 +118,14 @@ def batch_norm_moments(x, scale, offset, eps):
 
   Args: as ``batch_norm_train``.
   """
-  empty = tf.constant([], tf.float32)
 
   @tf.custom_gradient
   def forward(x, scale, offset):
-    y, mean, unbiased_var, *reserve = tf.raw_ops.FusedBatchNormV3(
-        x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=eps,
-        exponential_avg_factor=1.0, data_format='NHWC', is_training=True)
-    n = _elements_per_channel(x)
-    variance = tf.where(n > 1.0, unbiased_var * ((n - 1.0) / n), tf.zeros_like(unbiased_var))
+    y, mean, variance, reserve = _fused_batch_norm(x, scale, offset, eps)
 
     def first_derivative(g, c_mean, c_var):
       dx, dscale, doffset = _fused_batch_norm_grad(g, x, scale, reserve, eps)
+      n = _elements_per_channel(x)
       c_mean = tf.zeros_like(mean) if c_mean is None else c_mean
       c_var = tf.zeros_like(mean) if c_var is None else c_var
       slope = 2.0 * c_var / n
@@ -183,6 +173,19 @@ def _once(*grads):
       'The BatchNorm of the query set with the support set\'s moments has first derivatives '
       'only (the meta-gradient needs no more). For higher derivatives use float64, where '
       'BatchNorm runs as explicit ops.')) for g in grads)
+
+
+def _fused_batch_norm(x, scale, offset, eps):
+  """TensorFlow's fused forward op in training mode: (y, batch mean, biased batch variance,
+  the reserve spaces its backward op reads)."""
+  empty = tf.constant([], tf.float32)
+  y, mean, unbiased_var, *reserve = tf.raw_ops.FusedBatchNormV3(
+      x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=eps,
+      exponential_avg_factor=1.0, data_format='NHWC', is_training=True)
+  # The op normalises with the biased variance and returns the unbiased one.
+  n = _elements_per_channel(x)
+  variance = tf.where(n > 1.0, unbiased_var * ((n - 1.0) / n), tf.zeros_like(unbiased_var))
+  return y, mean, variance, reserve
 
 
 def _elements_per_channel(x):
