@@ -155,9 +155,8 @@ def batch_norm_given_moments(x, mean, variance, scale, offset, eps):
         exponential_avg_factor=1.0, data_format='NHWC', is_training=False)
 
     def first_derivative(g):
-      dx, dscale, doffset = tf.raw_ops.FusedBatchNormGradV3(
-          y_backprop=g, x=x, scale=scale, reserve_space_1=mean, reserve_space_2=variance,
-          reserve_space_3=reserve_3, epsilon=eps, data_format='NHWC', is_training=False)[:3]
+      dx, dscale, doffset = _fused_batch_norm_grad(g, x, scale, (mean, variance, reserve_3),
+                                                   eps, is_training=False)
       inv = tf.math.rsqrt(variance + eps)
       return _once(dx, -scale * inv * doffset, -0.5 * scale * inv * inv * dscale, dscale,
                    doffset)
@@ -192,11 +191,13 @@ def _elements_per_channel(x):
   return tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
 
 
-def _fused_batch_norm_grad(g, x, scale, reserve, eps):
-  """TensorFlow's fused backward op: (dx, sum(g x_hat), sum(g))."""
+def _fused_batch_norm_grad(g, x, scale, reserve, eps, is_training=True):
+  """TensorFlow's fused backward op: (dx, sum(g x_hat), sum(g)). ``reserve``: the forward
+  op's reserve spaces in training mode; in inference mode (mean, variance, its third)."""
   return tf.raw_ops.FusedBatchNormGradV3(
       y_backprop=g, x=x, scale=scale, reserve_space_1=reserve[0], reserve_space_2=reserve[1],
-      reserve_space_3=reserve[2], epsilon=eps, data_format='NHWC', is_training=True)[:3]
+      reserve_space_3=reserve[2], epsilon=eps, data_format='NHWC',
+      is_training=is_training)[:3]
 
 
 def max_pool(x, size):

@@ -169,8 +169,7 @@ def main():
                        rounds=seconds, phases=phases))
       print(f'{name:22s} {"resumed" if resumed else "new":8s} {median:6.2f} s  '
             f'(rounds: {seconds})', flush=True)
-  print('\nPhases of the median round (s): ' + ', '.join(
-      f'{k}' for k in PHASES) + '; episode sizes')
+  print('\nPhases of the median round (s): ' + ', '.join(PHASES) + '; episode sizes')
   for row in rows:
     phases = row['phases']
     print(f'{row["config"]:22s} {"resumed" if row["resumed"] else "new":8s} ' + ' '.join(
