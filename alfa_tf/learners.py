@@ -402,7 +402,21 @@ class GradientLearner(tf.keras.Model):
     return tf.add_n([self.episode_output(ep, training).query_loss
                      for ep in episodes]) / len(episodes)
 
-  def episode_gradients(self, episodes, scale: Optional[Callable] = None):
+  def episode_share(self, episode, weight: float = 1.0, scale: Optional[Callable] = None):
+    """(gradients of ``scale(weight * query loss)`` for every trainable meta-parameter, the
+    episode's ``EpisodeOutput``): one task's share of the meta-gradient (Algorithm 1, line 10).
+
+    ``weight``: the task's weight in the meta-objective (1 / meta-batch size); ``scale``: a
+    linear map applied before differentiating (loss scaling), identity by default.
+    """
+    with tf.GradientTape() as tape:
+      output = self.episode_output(episode)
+      share = output.query_loss * weight
+      scaled = share if scale is None else scale(share)
+    return gradients_or_zeros(tape, scaled, self.trainable_variables), output
+
+  def episode_gradients(self, episodes, scale: Optional[Callable] = None,
+                        share_fn: Optional[Callable] = None):
     """(meta-loss, gradients of ``scale(meta-loss)`` for every trainable meta-parameter, the
     episodes' ``EpisodeOutput``s).
 
@@ -413,21 +427,22 @@ class GradientLearner(tf.keras.Model):
     meta-batch size, at no cost in time (both cores work inside each task's kernels).
     ``scale``: a linear map applied to each episode's share before differentiating (loss
     scaling); identity by default.
+    ``share_fn``: episode -> (gradients, ``EpisodeOutput``) in place of ``episode_share``
+    with weight 1 / len(episodes) and ``scale`` (those two are then its business), e.g. that
+    call wrapped in a ``tf.function`` of a shape-free episode signature, so that a compiled
+    meta-step traces one task whatever the meta-batch size and calls it once per episode.
     """
     if not episodes:
       raise ValueError('The meta-batch needs at least one episode.')
-    variables = self.trainable_variables
+    if share_fn is None:
+      share_fn = lambda episode: self.episode_share(episode, 1.0 / len(episodes), scale)
     loss, grads, outputs, previous = 0.0, None, [], []
     for episode in episodes:
       with tf.control_dependencies(previous):  # A no-op when executing eagerly.
         episode = {key: tf.identity(value) for key, value in episode.items()}
-      with tf.GradientTape() as tape:
-        output = self.episode_output(episode)
-        share = output.query_loss / len(episodes)
-        scaled = share if scale is None else scale(share)
-      previous = gradients_or_zeros(tape, scaled, variables)
+      previous, output = share_fn(episode)
       grads = previous if grads is None else [a + b for a, b in zip(grads, previous)]
-      loss += share
+      loss += output.query_loss / len(episodes)
       outputs.append(output)
     return loss, grads, outputs
 

@@ -1,7 +1,8 @@
 r"""Time to the first update: from starting the training process to the end of update 1, and
 where that time goes.
 
-    python benchmarks/first_update.py [--rounds 3] [--json benchmarks/results/first_update.json]
+    python benchmarks/first_update.py [--rounds 3] [--configs NAME ...]
+        [--json benchmarks/results/first_update.json]
 
 For each config (the quickstart's, and the ImageNet-style fo-Proto-MAML at 84 px read from the
 glyphs records: variable way and shot, 4-CONV 64), a fresh process runs the trainer as
@@ -141,6 +142,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--json', default=None, help='Write the records here.')
+  parser.add_argument('--configs', nargs='+', choices=sorted(CONFIGS), default=list(CONFIGS),
+                      help='Measure these configs only (default: all).')
   parser.add_argument('--child', nargs=4, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -155,7 +158,8 @@ def main():
   fresh, reused = fresh_memory_seconds()
   print(f'Filling 1 GB of memory: {fresh:.2f} s the first time, {reused:.2f} s again')
   rows = []
-  for name, (config, bindings) in CONFIGS.items():
+  for name in args.configs:
+    config, bindings = CONFIGS[name]
     runs = {False: [], True: []}
     for round_ in range(args.rounds):
       run_dir = os.path.join(scratch, f'{name}_{round_}')

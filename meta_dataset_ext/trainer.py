@@ -539,10 +539,17 @@ class Trainer:
           metrics[symbol] = tf.add_n(per_episode) / len(per_episode)  # [steps, tensors]
       return metrics
 
+    scale = lambda loss: alfa_learners.scale_loss(self.optimizer, loss)
+    # One task's share, traced once for every episode shape (the signature leaves them free)
+    # and called once per episode of the meta-batch: the step's trace is one task's.
+    episode_share = tf.function(
+        lambda ep: self.learner.episode_share(ep, 1.0 / self.meta_batch_size, scale),
+        input_signature=[episode], autograph=False)
+
     def gradients(batch):
-      scale = lambda loss: alfa_learners.scale_loss(self.optimizer, loss)
       variables = self.learner.trainable_variables
-      _, grads, outs = self.learner.episode_gradients(batch, scale)  # One task at a time.
+      _, grads, outs = self.learner.episode_gradients(  # One task at a time.
+          batch, share_fn=episode_share)
       metrics = metrics_of(outs, batch)
       with tf.GradientTape() as tape:
         regularizer = learners_lib.outer_regularizer(self.learner)

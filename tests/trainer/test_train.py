@@ -209,3 +209,21 @@ def test_tf_optimizations_off_as_upstream_turns_them_off(records, tmp_path):
     tf.config.optimizer.set_experimental_options(
         dict({name: True for name in trainer_lib._TF_OPTIMIZATIONS},
              disable_model_pruning=False))
+
+
+def test_the_step_traces_one_task_and_calls_it_per_episode(records, tmp_path):
+  """The compiled meta-step holds one traced task, called once per episode of the
+  meta-batch (the trace does not grow with the meta-batch size), and its gradient is the
+  learner's episode-by-episode meta-gradient."""
+  trainer = make_trainer(records, tmp_path / 'run', extra=['Trainer.meta_batch_size = 3'])
+  graph = trainer._gradients.get_concrete_function().graph  # pylint: disable=protected-access
+  called = [op.get_attr('f').name for op in graph.get_operations()
+            if op.type in ('PartitionedCall', 'StatefulPartitionedCall')]
+  assert len(called) == 3 and len(set(called)) == 1
+  batch = next(trainer._train_batches(0))  # pylint: disable=protected-access
+  grads, metrics, finite = trainer._gradients(batch)  # pylint: disable=protected-access
+  assert bool(finite)
+  loss, expected, _ = trainer.learner.episode_gradients(batch)
+  np.testing.assert_allclose(float(metrics['loss']), float(loss), rtol=1e-6)
+  for got, want in zip(grads, expected):
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
