@@ -81,7 +81,8 @@ def _leaky_relu(x, slope):
   return tf.nn.leaky_relu(x, alpha=slope)
 
 
-def batch_norm(x, scale, offset, eps, moments=None, collect_moments=True):
+def batch_norm(x, scale, offset, eps, moments=None, collect_moments=True,
+               max_pool_size=None):
   """BatchNorm with the batch's own statistics, or with given ``moments``.
 
   Mean and *biased* variance over every axis but the last (the reference's
@@ -91,19 +92,30 @@ def batch_norm(x, scale, offset, eps, moments=None, collect_moments=True):
   derivative; collecting or given moments (the query set normalised with the support set's),
   with first derivatives through the moments. Float64 (and other ranks) use explicit ops,
   differentiable to any order.
+
+  ``max_pool_size``: the output max-pooled over non-overlapping windows of that size. With
+  collected or given moments on the fused kernels, BatchNorm and pooling then run as one op
+  that recomputes the BatchNorm output in the backward pass instead of keeping it
+  (``second_order_ops.batch_norm_max_pool``).
   """
+  pool = lambda y: y if max_pool_size is None else _pool(y, 'max', max_pool_size,
+                                                          max_pool_size)
   if x.dtype != tf.float64 and x.shape.rank == 4:
     # The fused kernels take float32 scale, offset and moments for float16/bfloat16 inputs.
     scale, offset = tf.cast(scale, tf.float32), tf.cast(offset, tf.float32)
-    if moments is not None:
-      mean, variance = (tf.cast(m, tf.float32) for m in moments)
-      return second_order_ops.batch_norm_given_moments(x, mean, variance, scale, offset,
-                                                       eps), moments
-    if not collect_moments:
-      return second_order_ops.batch_norm_train(x, scale, offset, eps), None
-    y, mean, variance = second_order_ops.batch_norm_moments(x, scale, offset, eps)
-    return y, (mean, variance)
-  return explicit_batch_norm(x, scale, offset, eps, moments)
+    if moments is None and not collect_moments:
+      return pool(second_order_ops.batch_norm_train(x, scale, offset, eps)), None
+    given = None if moments is None else tuple(tf.cast(m, tf.float32) for m in moments)
+    if max_pool_size is not None:
+      y, used = second_order_ops.batch_norm_max_pool(x, scale, offset, eps, max_pool_size,
+                                                     given)
+    elif given is not None:
+      y, used = second_order_ops.batch_norm_given_moments(x, *given, scale, offset, eps), given
+    else:
+      y, *used = second_order_ops.batch_norm_moments(x, scale, offset, eps)
+    return y, (tuple(used) if moments is None else moments)
+  y, used = explicit_batch_norm(x, scale, offset, eps, moments)
+  return pool(y), used
 
 
 def explicit_batch_norm(x, scale, offset, eps, moments=None):
@@ -163,7 +175,7 @@ class ConvBNMixin:
   """conv -> BatchNorm, reading ``<prefix>.w`` (and ``.b``) and the BN scale/offset."""
   bn_eps: float
 
-  def _conv_bn(self, params, x, prefix, moments_in, moments_out, stride=1):
+  def _conv_bn(self, params, x, prefix, moments_in, moments_out, stride=1, max_pool_size=None):
     kernel = params[f'{prefix}.w']
     if stride > 1 and kernel.shape[0] == 1 and kernel.shape[1] == 1:
       # A strided 1x1 convolution is a 1x1 convolution of the subsampled input. Written so
@@ -180,7 +192,8 @@ class ConvBNMixin:
       offset += 0.0 * params[f'{prefix}.b']
     x, used = batch_norm(
         x, params[f'{prefix}.bn_scale'], offset, self.bn_eps,
-        None if moments_in is None else moments_in[prefix], moments_out is not None)
+        None if moments_in is None else moments_in[prefix], moments_out is not None,
+        max_pool_size)
     if moments_out is not None:
       moments_out[prefix] = used
     return x
@@ -227,13 +240,14 @@ class Conv4(ConvBNMixin, Backbone):
   def __call__(self, params, images, moments=None, collect_moments=False):
     x, used = images, ({} if collect_moments else None)
     for i in range(self.num_blocks):
-      x = self._conv_bn(params, x, f'block{i}', moments, used)
       if self.pooling == 'max' and self.activation_increasing:
         # max(f(a), f(b)) = f(max(a, b)) for a non-decreasing f: activating after the pool
         # gives the same values and gradients on a quarter of the elements.
-        x = self.activation(_pool(x, 'max', 2, 2))
+        x = self.activation(self._conv_bn(params, x, f'block{i}', moments, used,
+                                          max_pool_size=2))
       else:
-        x = _pool(self.activation(x), self.pooling, 2, 2)
+        x = _pool(self.activation(self._conv_bn(params, x, f'block{i}', moments, used)),
+                  self.pooling, 2, 2)
     if self.flatten_order == 'chw':
       x = tf.transpose(x, [0, 3, 1, 2])
     return tf.reshape(x, [tf.shape(x)[0], -1]), used

@@ -16,7 +16,10 @@ BatchNorm (the query set normalised with the support set's moments at theta_{i,S
 runs after the inner loop, so a meta-gradient of any order differentiates it once. They give
 its first derivatives, moments included, on the fused kernels (a quarter of the passes over
 the feature maps that the explicit formula takes) and refuse a second differentiation
-(``tf.raw_ops.PreventGradient``) rather than return an incomplete one.
+(``tf.raw_ops.PreventGradient``) rather than return an incomplete one. Followed by max pooling
+(4-CONV), they run as one op, ``batch_norm_max_pool``, whose backward pass recomputes the
+BatchNorm output instead of keeping it: of the activations that pass keeps for the
+meta-gradient, the full-resolution BatchNorm outputs are about 40%.
 """
 import tensorflow as tf
 
@@ -124,16 +127,80 @@ def batch_norm_moments(x, scale, offset, eps):
     y, mean, variance, reserve = _fused_batch_norm(x, scale, offset, eps)
 
     def first_derivative(g, c_mean, c_var):
-      dx, dscale, doffset = _fused_batch_norm_grad(g, x, scale, reserve, eps)
-      n = _elements_per_channel(x)
-      c_mean = tf.zeros_like(mean) if c_mean is None else c_mean
-      c_var = tf.zeros_like(mean) if c_var is None else c_var
-      slope = 2.0 * c_var / n
-      dx += tf.cast(tf.cast(x, tf.float32) * slope + (c_mean / n - slope * mean), dx.dtype)
-      return _once(dx, dscale, doffset)
+      return _once(*_moments_backward(g, x, scale, mean, reserve, eps, c_mean, c_var))
     return (y, mean, variance), first_derivative
 
   return forward(x, scale, offset)
+
+
+def _moments_backward(g, x, scale, mean, reserve, eps, c_mean, c_var):
+  """(dx, dscale, doffset) of ``batch_norm_moments`` (its docstring's formula)."""
+  dx, dscale, doffset = _fused_batch_norm_grad(g, x, scale, reserve, eps)
+  n = _elements_per_channel(x)
+  c_mean = tf.zeros_like(mean) if c_mean is None else c_mean
+  c_var = tf.zeros_like(mean) if c_var is None else c_var
+  slope = 2.0 * c_var / n
+  dx += tf.cast(tf.cast(x, tf.float32) * slope + (c_mean / n - slope * mean), dx.dtype)
+  return dx, dscale, doffset
+
+
+def batch_norm_max_pool(x, scale, offset, eps, size, moments=None):
+  """``max_pool(batch_norm_given_moments(x, *moments, ...))``, or without ``moments``
+  ``max_pool(batch_norm_moments(x, ...)[0])`` with that BatchNorm's (mean, variance): returns
+  (pooled output, (mean, variance) used).
+
+  The same values and first derivatives as those two ops in a row, but the backward pass
+  recomputes the BatchNorm output (the same kernel on the same inputs, so the same values and
+  the same elements receive max pooling's gradient) once the output gradient exists, instead
+  of keeping that full-resolution tensor, and the pooled output, from the forward pass until
+  then. First derivatives only (see the module docstring).
+
+  Args: as ``batch_norm_train``; ``size``: the pooling window and stride (VALID);
+  ``moments``: float32 (mean, variance) [channels] to normalise with, or None for the
+  batch's own (biased variance), which are then outputs a gradient flows back through.
+  """
+  if moments is not None:
+    return _given_moments_max_pool(x, *moments, scale, offset, eps, size), moments
+
+  @tf.custom_gradient
+  def forward(x, scale, offset):
+    y, mean, variance, reserve = _fused_batch_norm(x, scale, offset, eps)
+    pooled = tf.nn.max_pool2d(y, size, size, 'VALID')
+
+    def first_derivative(d_pooled, c_mean, c_var):
+      x_again, = _after(d_pooled, x)
+      y = _fused_batch_norm(x_again, scale, offset, eps)[0]
+      g = _max_pool_grad(y, tf.nn.max_pool2d(y, size, size, 'VALID'), d_pooled, size)
+      return _once(*_moments_backward(g, x, scale, mean, reserve, eps, c_mean, c_var))
+    return (pooled, mean, variance), first_derivative
+
+  pooled, mean, variance = forward(x, scale, offset)
+  return pooled, (mean, variance)
+
+
+def _given_moments_max_pool(x, mean, variance, scale, offset, eps, size):
+  """``batch_norm_max_pool`` with given moments."""
+
+  @tf.custom_gradient
+  def forward(x, mean, variance, scale, offset):
+    pooled = tf.nn.max_pool2d(_normalize(x, mean, variance, scale, offset, eps)[0], size, size,
+                              'VALID')
+
+    def first_derivative(d_pooled):
+      x_again, = _after(d_pooled, x)
+      y, reserve_3 = _normalize(x_again, mean, variance, scale, offset, eps)
+      g = _max_pool_grad(y, tf.nn.max_pool2d(y, size, size, 'VALID'), d_pooled, size)
+      return _once(*_given_moments_backward(g, x, mean, variance, scale, reserve_3, eps))
+    return pooled, first_derivative
+
+  return forward(x, mean, variance, scale, offset)
+
+
+def _after(gradient, *tensors):
+  """``tensors`` read only once ``gradient`` exists, so that a recomputation from them runs in
+  the backward pass (not as soon as they are computed, which would keep its result alive)."""
+  with tf.control_dependencies([gradient]):
+    return [tf.identity(t) for t in tensors]
 
 
 def batch_norm_given_moments(x, mean, variance, scale, offset, eps):
@@ -150,19 +217,30 @@ def batch_norm_given_moments(x, mean, variance, scale, offset, eps):
 
   @tf.custom_gradient
   def forward(x, mean, variance, scale, offset):
-    y, _, _, _, _, reserve_3 = tf.raw_ops.FusedBatchNormV3(
-        x=x, scale=scale, offset=offset, mean=mean, variance=variance, epsilon=eps,
-        exponential_avg_factor=1.0, data_format='NHWC', is_training=False)
+    y, reserve_3 = _normalize(x, mean, variance, scale, offset, eps)
 
     def first_derivative(g):
-      dx, dscale, doffset = _fused_batch_norm_grad(g, x, scale, (mean, variance, reserve_3),
-                                                   eps, is_training=False)
-      inv = tf.math.rsqrt(variance + eps)
-      return _once(dx, -scale * inv * doffset, -0.5 * scale * inv * inv * dscale, dscale,
-                   doffset)
+      return _once(*_given_moments_backward(g, x, mean, variance, scale, reserve_3, eps))
     return y, first_derivative
 
   return forward(x, mean, variance, scale, offset)
+
+
+def _normalize(x, mean, variance, scale, offset, eps):
+  """The fused forward op in inference mode: (y, the reserve space its backward op reads)."""
+  y, _, _, _, _, reserve_3 = tf.raw_ops.FusedBatchNormV3(
+      x=x, scale=scale, offset=offset, mean=mean, variance=variance, epsilon=eps,
+      exponential_avg_factor=1.0, data_format='NHWC', is_training=False)
+  return y, reserve_3
+
+
+def _given_moments_backward(g, x, mean, variance, scale, reserve_3, eps):
+  """(dx, dmean, dvariance, dscale, doffset) of ``batch_norm_given_moments`` (its
+  docstring's formula)."""
+  dx, dscale, doffset = _fused_batch_norm_grad(g, x, scale, (mean, variance, reserve_3), eps,
+                                               is_training=False)
+  inv = tf.math.rsqrt(variance + eps)
+  return dx, -scale * inv * doffset, -0.5 * scale * inv * inv * dscale, dscale, doffset
 
 
 def _once(*grads):

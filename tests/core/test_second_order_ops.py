@@ -234,3 +234,78 @@ def test_max_pool_second_derivative_is_the_adjoint_of_the_gradient_with_ties():
     assert np.count_nonzero(dx.numpy()) == dy.shape.num_elements()
     np.testing.assert_allclose(np.sum(a.numpy() * dx.numpy()), np.sum(d_dy.numpy() * dy.numpy()),
                                rtol=1e-5)
+
+
+def bn_pool_gradients(fused, support, query, scale, offset, seed=9):
+  """Support set BatchNorm (own moments, collected) then 2x2 max pooling, the query set
+  normalised with those moments then pooled, and the gradient of a loss of both pooled
+  outputs: values, moments and derivatives for x_support, x_query, scale and offset.
+  ``fused``: through ``batch_norm_max_pool`` (else the two ops in a row)."""
+  rng = np.random.default_rng(seed)
+  tensors = [tf.constant(t, tf.float32) for t in (support, query, scale, offset)]
+  out = lambda x: (x.shape[0], x.shape[1] // 2, x.shape[2] // 2, x.shape[3])
+  w_support = tf.constant(rng.normal(size=out(support)), tf.float32)
+  w_query = tf.constant(rng.normal(size=out(query)), tf.float32)
+  w_moments = tf.constant(rng.normal(size=(2,) + support.shape[-1:]), tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(tensors)
+    x, x_query, scale, offset = tensors
+    if fused:
+      y, moments = second_order_ops.batch_norm_max_pool(x, scale, offset, EPS, 2)
+      y_query, _ = second_order_ops.batch_norm_max_pool(x_query, scale, offset, EPS, 2,
+                                                        moments)
+    else:
+      y, *moments = second_order_ops.batch_norm_moments(x, scale, offset, EPS)
+      y_query = second_order_ops.batch_norm_given_moments(x_query, *moments, scale, offset,
+                                                          EPS)
+      y, y_query = (second_order_ops.max_pool(t, 2) for t in (y, y_query))
+    loss = (tf.reduce_sum(w_support * y * y) + tf.reduce_sum(w_query * y_query * y_query) +
+            tf.reduce_sum(w_moments * tf.stack(moments)))
+  return [t.numpy() for t in [y, y_query, *moments, *tape.gradient(loss, tensors)]]
+
+
+@pytest.mark.parametrize('shape,ties', [((6, 8, 8, 4), False), ((3, 6, 10, 2), True),
+                                        ((1, 2, 2, 3), False)])
+def test_batch_norm_max_pool_equals_the_two_ops(shape, ties):
+  """One op whose backward recomputes BatchNorm's output: the values, moments and first
+  derivatives (through the moments too) of BatchNorm and max pooling in a row, exactly,
+  also where windows hold tied maxima (flat regions: the same element gets the gradient)."""
+  support, scale, offset = inputs(shape, seed=11)
+  query = np.random.default_rng(12).normal(0.5, 1.5, (5,) + shape[1:])
+  if ties:
+    support, query = np.round(support), np.round(query)
+  fused = bn_pool_gradients(True, support, query, scale, offset)
+  reference = bn_pool_gradients(False, support, query, scale, offset)
+  for name, a, b in zip(['y', 'y_query', 'mean', 'variance', 'dx_support', 'dx_query',
+                         'dscale', 'doffset'], fused, reference):
+    np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_batch_norm_max_pool_keeps_no_full_resolution_output():
+  """In the compiled forward and backward pass, the forward BatchNorm's output feeds only the
+  forward max pooling (the backward pass reads a recomputation made after the output
+  gradient exists); and a second differentiation raises."""
+  support, scale, offset = (tf.constant(t, tf.float32) for t in inputs((4, 6, 6, 3)))
+  query = tf.constant(np.random.default_rng(13).normal(size=(3, 6, 6, 3)), tf.float32)
+
+  def loss_and_gradients():
+    with tf.GradientTape() as tape:
+      tape.watch([support, query])
+      _, moments = backbones.batch_norm(support, scale, offset, EPS, max_pool_size=2)
+      y_query, _ = backbones.batch_norm(query, scale, offset, EPS, moments, max_pool_size=2)
+      loss = tf.reduce_sum(y_query ** 2)
+    return tape.gradient(loss, [support, query])
+
+  graph = tf.function(loss_and_gradients).get_concrete_function().graph
+  norms = [op for op in graph.get_operations() if op.type == 'FusedBatchNormV3']
+  assert len(norms) == 4  # Two forward, two recomputed.
+  forward, recomputed = norms[:2], norms[2:]
+  for op in forward:
+    assert {c.type for c in op.outputs[0].consumers()} == {'MaxPool'}
+  for op in recomputed:
+    assert all(inp.op.control_inputs for inp in op.inputs[:1])
+  with tf.GradientTape() as outer:
+    outer.watch(support)
+    meta = tf.reduce_sum(loss_and_gradients()[0] ** 2)
+  with pytest.raises(LookupError, match='first derivatives only'):
+    outer.gradient(meta, support)
