@@ -541,10 +541,13 @@ class Trainer:
 
     scale = lambda loss: alfa_learners.scale_loss(self.optimizer, loss)
     # One task's share, traced once for every episode shape (the signature leaves them free)
-    # and called once per episode of the meta-batch: the step's trace is one task's.
+    # and called once per episode of the meta-batch: the step's trace is one task's. Not
+    # inlined into the step: the runtime then prepares that one function once, not a copy
+    # per episode (the first update's set-up drops with the trace).
     episode_share = tf.function(
         lambda ep: self.learner.episode_share(ep, 1.0 / self.meta_batch_size, scale),
-        input_signature=[episode], autograph=False)
+        input_signature=[episode], autograph=False,
+        experimental_attributes={'_noinline': True})
 
     def gradients(batch):
       variables = self.learner.trainable_variables
