@@ -168,9 +168,8 @@ def batch_norm_max_pool(x, scale, offset, eps, size, moments=None):
     pooled = tf.nn.max_pool2d(y, size, size, 'VALID')
 
     def first_derivative(d_pooled, c_mean, c_var):
-      x_again, = _after(d_pooled, x)
-      y = _fused_batch_norm(x_again, scale, offset, eps)[0]
-      g = _max_pool_grad(y, tf.nn.max_pool2d(y, size, size, 'VALID'), d_pooled, size)
+      g = _recomputed_max_pool_grad(
+          d_pooled, x, lambda x: _fused_batch_norm(x, scale, offset, eps)[0], size)
       return _once(*_moments_backward(g, x, scale, mean, reserve, eps, c_mean, c_var))
     return (pooled, mean, variance), first_derivative
 
@@ -183,24 +182,27 @@ def _given_moments_max_pool(x, mean, variance, scale, offset, eps, size):
 
   @tf.custom_gradient
   def forward(x, mean, variance, scale, offset):
-    pooled = tf.nn.max_pool2d(_normalize(x, mean, variance, scale, offset, eps)[0], size, size,
-                              'VALID')
+    y, reserve_3 = _normalize(x, mean, variance, scale, offset, eps)
+    pooled = tf.nn.max_pool2d(y, size, size, 'VALID')
 
     def first_derivative(d_pooled):
-      x_again, = _after(d_pooled, x)
-      y, reserve_3 = _normalize(x_again, mean, variance, scale, offset, eps)
-      g = _max_pool_grad(y, tf.nn.max_pool2d(y, size, size, 'VALID'), d_pooled, size)
+      g = _recomputed_max_pool_grad(
+          d_pooled, x, lambda x: _normalize(x, mean, variance, scale, offset, eps)[0], size)
       return _once(*_given_moments_backward(g, x, mean, variance, scale, reserve_3, eps))
     return pooled, first_derivative
 
   return forward(x, mean, variance, scale, offset)
 
 
-def _after(gradient, *tensors):
-  """``tensors`` read only once ``gradient`` exists, so that a recomputation from them runs in
-  the backward pass (not as soon as they are computed, which would keep its result alive)."""
-  with tf.control_dependencies([gradient]):
-    return [tf.identity(t) for t in tensors]
+def _recomputed_max_pool_grad(d_pooled, x, normalize, size):
+  """Max pooling's gradient at ``normalize(x)``, that BatchNorm output recomputed once
+  ``d_pooled`` exists: ``x`` is read under a control dependency on it, so the recomputation
+  runs in the backward pass rather than as soon as ``x`` is computed (which would keep its
+  result alive). The same kernel on the same inputs gives the forward pass's values, so the
+  same element of each window receives the gradient."""
+  with tf.control_dependencies([d_pooled]):
+    y = normalize(tf.identity(x))
+  return _max_pool_grad(y, tf.nn.max_pool2d(y, size, size, 'VALID'), d_pooled, size)
 
 
 def batch_norm_given_moments(x, mean, variance, scale, offset, eps):
